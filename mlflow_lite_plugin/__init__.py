@@ -1,0 +1,78 @@
+"""mlflow-lite-plugin: production controls for LLM calls, traced to MLflow.
+
+    import mlflow_lite_plugin as ml
+    r = ml.query(model="gpt-4o", prompt="How do I reset my password?")
+    print(r.text, r.usage, r.cost, r.latency, r.trace_id)
+
+Importing this package is fast: LiteLLM and MLflow are imported on first use.
+"""
+
+import os as _os
+
+# LiteLLM fetches its price map over the network at import unless told otherwise; offline-safe
+# by default, and a value the user set wins.
+_os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from .client import (  # noqa: E402
+    Client,
+    aquery,
+    async_batch,
+    batch,
+    count_tokens,
+    estimate_cost,
+    flush_traces,
+    get_default_client,
+    query,
+    set_default_client,
+    set_experiment,
+    set_model_alias,
+    set_model_price,
+    set_tracing,
+    stream,
+)
+from .errors import (  # noqa: E402
+    ArgumentError,
+    MlflowLiteError,
+    ProviderAuthError,
+    ProviderBadRequestError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderRateLimitError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+)
+from .pipeline import Call, Stage  # noqa: E402
+from .response import Response, Stream  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentError",
+    "Call",
+    "Client",
+    "MlflowLiteError",
+    "ProviderAuthError",
+    "ProviderBadRequestError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderRateLimitError",
+    "ProviderTimeoutError",
+    "ProviderUnavailableError",
+    "Response",
+    "Stage",
+    "Stream",
+    "aquery",
+    "async_batch",
+    "batch",
+    "count_tokens",
+    "estimate_cost",
+    "flush_traces",
+    "get_default_client",
+    "query",
+    "set_default_client",
+    "set_experiment",
+    "set_model_alias",
+    "set_model_price",
+    "set_tracing",
+    "stream",
+]

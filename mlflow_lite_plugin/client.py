@@ -1,0 +1,250 @@
+"""The Client owns settings and runs calls through the pipeline; the one-liners use a default one."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+from . import tracing as tracing_module
+from .batch import BatchItem, check_concurrency, gather_bounded, item_kwargs, run_sync
+from .errors import ArgumentError, MlflowLiteError
+from .models import ModelResolver
+from .pipeline import Call, Pipeline, Stage, chat_inputs
+from .pricing import Pricing
+from .providers import Provider
+from .request import build_request
+from .response import Response, Stream
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Client:
+    """A configuration of models, controls and tracing. ``ml.query`` & co. use a default Client;
+    create your own to run several configurations side by side.
+
+    ``model`` is the default model; any other keyword (``temperature``, ``api_base``,
+    ``timeout``, ``num_retries``, ``fallbacks``...) becomes a default of every call.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        tracing: bool = True,
+        experiment: str | None = None,
+        aliases: Mapping[str, str] | None = None,
+        **defaults: Any,
+    ):
+        self.model = model
+        self.defaults = defaults
+        self.models = ModelResolver(aliases)
+        self.pricing = Pricing()
+        self.tracer = tracing_module.Tracer(enabled=tracing, experiment=experiment)
+        self.pipeline = Pipeline(Provider())
+
+    # -- calls --
+
+    def query(
+        self,
+        prompt: str | None = None,
+        *,
+        model: str | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        system: str | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """Ask a model; returns a :class:`Response` (text, usage, cost, latency, trace_id)."""
+        return self.pipeline.run(self._call("query", prompt, model, messages, system, kwargs))
+
+    async def aquery(
+        self,
+        prompt: str | None = None,
+        *,
+        model: str | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        system: str | None = None,
+        **kwargs: Any,
+    ) -> Response:
+        """``query`` for asyncio."""
+        return await self.pipeline.arun(self._call("query", prompt, model, messages, system, kwargs))
+
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        model: str | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        system: str | None = None,
+        **kwargs: Any,
+    ) -> Stream:
+        """Stream the answer as ``str`` chunks; ``.response`` holds the full Response afterwards."""
+        call = self._call("stream", prompt, model, messages, system, kwargs, stream=True)
+        return Stream(self.pipeline.stream(call), on_close=lambda: self.pipeline.close_stream(call))
+
+    def batch(
+        self,
+        items: Sequence[BatchItem],
+        *,
+        max_concurrency: int = 16,
+        progress: bool = False,
+        **common: Any,
+    ) -> list[Response | MlflowLiteError]:
+        """Run many queries concurrently; results in input order, a failed item holds its error.
+        Works in scripts and inside a running event loop (Jupyter)."""
+        check_concurrency(max_concurrency)
+        return run_sync(self.async_batch(items, max_concurrency=max_concurrency, progress=progress, **common))
+
+    async def async_batch(
+        self,
+        items: Sequence[BatchItem],
+        *,
+        max_concurrency: int = 16,
+        progress: bool = False,
+        **common: Any,
+    ) -> list[Response | MlflowLiteError]:
+        """``batch`` for asyncio: each item is a prompt string or a dict of ``query`` arguments."""
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise ArgumentError("items", "must be a list of prompts or dicts of query arguments")
+        return await gather_bounded(
+            items, lambda item: self.aquery(**item_kwargs(item, common)), max_concurrency, progress
+        )
+
+    # -- tokens and prices --
+
+    def count_tokens(self, text: str | Sequence[Mapping[str, Any]], model: str | None = None) -> int:
+        """Tokens in ``text`` (or a message list) for ``model``'s tokenizer; no network call."""
+        return self.pricing.count_tokens(self.models.resolve(self._model(model)), text)  # type: ignore[arg-type]
+
+    def estimate_cost(self, tokens: int, model: str | None = None) -> float | None:
+        """USD for ``tokens`` input tokens on ``model``; None (with a warning) if its price is unknown."""
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise ArgumentError("tokens", f"must be an int >= 0, got {tokens!r}")
+        price = self.pricing.price(self.models.resolve(self._model(model)))
+        return None if price is None else tokens * price.input
+
+    def set_model_price(self, model: str, *, input_per_million: float, output_per_million: float) -> None:
+        """Override (or supply) a model's price in USD per million tokens."""
+        self.pricing.set_price(self.models.resolve(self._model(model)), input_per_million, output_per_million)
+
+    def set_model_alias(self, alias: str, model: str) -> None:
+        """Make ``alias`` call ``model`` (a provider-qualified LiteLLM name)."""
+        self.models.set_alias(alias, model)
+
+    # -- tracing --
+
+    def set_experiment(self, name: str) -> None:
+        """Send this client's traces to MLflow experiment ``name`` (created if missing)."""
+        if not isinstance(name, str) or not name.strip():
+            raise ArgumentError("name", f"must be a non-empty experiment name, got {name!r}")
+        self.tracer.experiment = name
+
+    def set_tracing(self, enabled: bool = True) -> None:
+        """Turn MLflow tracing of this client's calls on or off."""
+        self.tracer.enabled = bool(enabled)
+
+    def flush_traces(self, timeout: float = tracing_module.FLUSH_TIMEOUT) -> None:
+        """Block until every trace of this client is written (also done at interpreter exit)."""
+        self.tracer.flush(timeout)
+
+    # -- pipeline --
+
+    def add_stage(self, stage: Stage) -> None:
+        """Plug a stage into the pipeline at its ``order``."""
+        self.pipeline.add(stage)
+
+    # -- internals --
+
+    def _model(self, model: str | None) -> str:
+        chosen = model or self.model
+        if not chosen:
+            raise ArgumentError("model", "no model given and this client has no default model")
+        return chosen
+
+    def _call(
+        self,
+        kind: str,
+        prompt: str | None,
+        model: str | None,
+        messages: Sequence[Mapping[str, Any]] | None,
+        system: str | None,
+        kwargs: Mapping[str, Any],
+        stream: bool = False,
+    ) -> Call:
+        request = build_request(
+            model=model or self.model,
+            prompt=prompt,
+            messages=messages,
+            system=system,
+            kwargs=kwargs,
+            defaults=self.defaults,
+            stream=stream,
+        )
+        models = [self.models.resolve(name) for name in (request.model, *request.fallbacks)]
+        span = self.tracer.start(
+            f"mlflow_lite.{kind}",
+            tracing_module.CHAT_MODEL,
+            inputs=chat_inputs(request, request.model),
+            attributes={"mlflow_lite.requested_model": request.model, "mlflow_lite.kind": kind},
+            tags={"mlflow_lite.model": request.model, **request.tags},
+        )
+        return Call(request=request, models=models, span=span, pricing=self.pricing)
+
+
+_default: Client | None = None
+_default_lock = threading.Lock()
+
+
+def get_default_client() -> Client:
+    """The Client behind ``ml.query`` and the other one-liners (created on first use)."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Client()
+    return _default
+
+
+def set_default_client(client: Client) -> None:
+    """Make ``client`` the one behind the one-liners."""
+    global _default
+    if not isinstance(client, Client):
+        raise ArgumentError("client", f"must be an ml.Client, got {type(client).__name__}")
+    _default = client
+
+
+def _one_liner(method: F) -> F:
+    """A module-level function that calls ``method`` on the default client."""
+    name = method.__name__
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def delegate_async(*args: Any, **kwargs: Any) -> Any:
+            return await getattr(get_default_client(), name)(*args, **kwargs)
+
+        wrapper: Any = delegate_async
+    else:
+
+        @functools.wraps(method)
+        def delegate(*args: Any, **kwargs: Any) -> Any:
+            return getattr(get_default_client(), name)(*args, **kwargs)
+
+        wrapper = delegate
+    params = list(inspect.signature(method).parameters.values())[1:]  # drop self
+    wrapper.__signature__ = inspect.signature(method).replace(parameters=params)
+    return wrapper  # type: ignore[no-any-return]
+
+
+query = _one_liner(Client.query)
+aquery = _one_liner(Client.aquery)
+stream = _one_liner(Client.stream)
+batch = _one_liner(Client.batch)
+async_batch = _one_liner(Client.async_batch)
+count_tokens = _one_liner(Client.count_tokens)
+estimate_cost = _one_liner(Client.estimate_cost)
+set_model_price = _one_liner(Client.set_model_price)
+set_model_alias = _one_liner(Client.set_model_alias)
+set_experiment = _one_liner(Client.set_experiment)
+set_tracing = _one_liner(Client.set_tracing)
+flush_traces = _one_liner(Client.flush_traces)

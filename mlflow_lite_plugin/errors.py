@@ -1,0 +1,134 @@
+"""Exceptions raised by mlflow-lite-plugin.
+
+Everything we raise derives from :class:`MlflowLiteError`. Bad arguments are also ``ValueError``
+(or ``TypeError``) so generic handlers keep working; provider failures keep the provider's
+message, status code and the MLflow trace id of the failed call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .tracing import TraceRef
+
+
+class MlflowLiteError(Exception):
+    """Base class of every error raised by mlflow-lite-plugin."""
+
+
+class ArgumentError(MlflowLiteError, ValueError):
+    """A bad argument, raised before any network call. ``argument`` names it."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(f"{argument}: {message}")
+        self.argument = argument
+
+
+class TracedError(MlflowLiteError):
+    """An error that belongs to a traced call; ``trace_id`` is that call's MLflow trace."""
+
+    _trace: TraceRef | None = None
+
+    @property
+    def trace_id(self) -> str | None:
+        return self._trace.trace_id if self._trace is not None else None
+
+
+class ProviderError(TracedError):
+    """The model provider failed. ``transient`` errors (429, 5xx, timeouts, connection) are retried."""
+
+    transient = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        status_code: int | None = None,
+        provider: str | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(f"{model}: {message}")
+        self.provider_message = message
+        self.model = model
+        self.status_code = status_code
+        self.provider = provider
+        self.retry_after = retry_after
+
+
+class ProviderTimeoutError(ProviderError):
+    transient = True
+
+
+class ProviderConnectionError(ProviderError):
+    transient = True
+
+
+class ProviderRateLimitError(ProviderError):
+    """The provider answered 429. ``retry_after`` holds its Retry-After, in seconds, if sent."""
+
+    transient = True
+
+
+class ProviderUnavailableError(ProviderError):
+    """5xx from the provider."""
+
+    transient = True
+
+
+class ProviderAuthError(ProviderError):
+    """401/403: a missing or wrong API key. Never retried."""
+
+
+class ProviderBadRequestError(ProviderError):
+    """4xx other than auth and rate limits: the request itself is wrong. Never retried."""
+
+
+def _status_class(status: int | None) -> type[ProviderError]:
+    if status == 429:
+        return ProviderRateLimitError
+    if status in (401, 403):
+        return ProviderAuthError
+    if status == 408:
+        return ProviderTimeoutError
+    if status is not None and status >= 500:
+        return ProviderUnavailableError
+    if status is not None and 400 <= status < 500:
+        return ProviderBadRequestError
+    return ProviderError
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response: Any = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    value = headers.get("retry-after") if hasattr(headers, "get") else None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return None  # an HTTP date: rare for LLM APIs, fall back to backoff
+
+
+def from_provider_exception(exc: BaseException, model: str) -> ProviderError:
+    """Map a LiteLLM/httpx exception to our typed error, keeping the provider's message."""
+    if isinstance(exc, ProviderError):
+        return exc
+    name = type(exc).__name__
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    message = getattr(exc, "message", None) or str(exc) or name
+    if "Timeout" in name:
+        cls: type[ProviderError] = ProviderTimeoutError
+    elif "APIConnectionError" in name or "ConnectError" in name:
+        cls = ProviderConnectionError
+    else:
+        cls = _status_class(status)
+    return cls(
+        message,
+        model=model,
+        status_code=status,
+        provider=getattr(exc, "llm_provider", None),
+        retry_after=_retry_after(exc),
+    )

@@ -1,0 +1,234 @@
+"""The ordered stages every call goes through.
+
+    estimate -> budget -> rate limit -> exact cache -> semantic cache -> provider
+             -> validation/metrics -> cache store -> cost ledger -> trace
+
+A stage is an object with ``order`` (where it sits) and any of four hooks:
+
+- ``before(call)``: runs in order before the provider. Returning a :class:`Response` answers the
+  call without the provider (a cache hit); raising refuses it (a budget). ``abefore`` is the
+  asyncio twin, for stages that wait (rate limits); by default it calls ``before``.
+- ``after(call, response)``: runs in order on every answer, cached ones included.
+- ``on_error(call, error)``: runs when the call fails, to release what ``before`` took.
+
+New stages plug in with ``Pipeline.add(stage)`` without touching the others. The provider call
+itself (retries, fallbacks, one span per attempt) is the terminal, in ``providers.py``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generator, Iterator
+
+from .request import Request
+from .response import Response, usage_dict
+
+if TYPE_CHECKING:
+    from .models import ModelRef
+    from .pricing import Pricing
+    from .providers import Provider
+    from .tracing import NullSpan, Span
+
+
+class Stage:
+    """Base class of a pipeline stage: override the hooks you need."""
+
+    name = "stage"
+    order = 500
+
+    def before(self, call: Call) -> Response | None:
+        return None
+
+    async def abefore(self, call: Call) -> Response | None:
+        return self.before(call)
+
+    def after(self, call: Call, response: Response) -> None:
+        pass
+
+    def on_error(self, call: Call, error: BaseException) -> None:
+        pass
+
+
+@dataclass
+class Call:
+    """One call in flight: the request, its resolved models, its root span, scratch for stages."""
+
+    request: Request
+    models: list[ModelRef]
+    span: Span | NullSpan
+    pricing: Pricing
+    started: float = field(default_factory=time.perf_counter)
+    state: dict[str, Any] = field(default_factory=dict)  # per-stage scratch, keyed by stage name
+    parts: list[str] = field(default_factory=list)  # streamed text so far
+    first_token_at: float | None = None
+
+    @functools.cached_property
+    def prompt_tokens(self) -> int:
+        """Estimated prompt tokens (computed on first use: only stages that need it pay for it)."""
+        return self.pricing.count_tokens(self.models[0], self.request.messages)
+
+    def estimate_cost(self, completion_tokens: int = 0) -> float | None:
+        """USD estimate for the primary model: the prompt plus ``completion_tokens`` of output."""
+        price = self.pricing.price(self.models[0])
+        return None if price is None else price.cost(self.prompt_tokens, completion_tokens)
+
+
+def replay_chunks(text: str) -> Iterator[str]:
+    """Stream a finished answer (a cache hit) as word chunks."""
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        yield word if i == len(words) - 1 else word + " "
+
+
+class Pipeline:
+    def __init__(self, provider: Provider, stages: list[Stage] | None = None):
+        self.provider = provider
+        self.stages: list[Stage] = []
+        for stage in stages or []:
+            self.add(stage)
+
+    def add(self, stage: Stage) -> None:
+        """Insert a stage at its ``order`` (replacing a stage of the same name)."""
+        self.remove(stage.name)
+        bisect.insort(self.stages, stage, key=lambda s: s.order)
+
+    def remove(self, name: str) -> None:
+        self.stages = [s for s in self.stages if s.name != name]
+
+    def get(self, name: str) -> Stage | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+    # -- the three ways to run a call --
+
+    def run(self, call: Call) -> Response:
+        try:
+            response = self._before(call) or self.provider.complete(call)
+            self._after(call, response)
+        except BaseException as error:
+            self._fail(call, error)
+            raise
+        return self._finish(call, response)
+
+    async def arun(self, call: Call) -> Response:
+        try:
+            response = None
+            for stage in self.stages:
+                response = await stage.abefore(call)
+                if response is not None:
+                    break
+            response = response or await self.provider.acomplete(call)
+            self._after(call, response)
+        except BaseException as error:
+            self._fail(call, error)
+            raise
+        return self._finish(call, response)
+
+    def stream(self, call: Call) -> Generator[str, None, Response]:
+        try:
+            response = self._before(call)
+            if response is not None:
+                for chunk in replay_chunks(response.text):
+                    if call.first_token_at is None:
+                        call.first_token_at = time.perf_counter()
+                    call.parts.append(chunk)
+                    yield chunk
+            else:
+                response = yield from self.provider.stream(call)
+            self._after(call, response)
+        except GeneratorExit:
+            self.close_stream(call)
+            raise
+        except BaseException as error:
+            self._fail(call, error)
+            raise
+        return self._finish(call, response)
+
+    # -- shared steps --
+
+    def _before(self, call: Call) -> Response | None:
+        for stage in self.stages:
+            response = stage.before(call)
+            if response is not None:
+                return response
+        return None
+
+    def _after(self, call: Call, response: Response) -> None:
+        for stage in self.stages:
+            stage.after(call, response)
+
+    def _fail(self, call: Call, error: BaseException) -> None:
+        for stage in self.stages:
+            try:
+                stage.on_error(call, error)
+            except Exception as cleanup_error:  # a cleanup bug must not hide the real error
+                call.span.add_event("stage_error", {"stage": stage.name, "error": repr(cleanup_error)})
+        if hasattr(error, "_trace"):
+            error._trace = call.span.trace_ref
+        call.span.set_attributes({"mlflow_lite.error": f"{type(error).__name__}: {error}"})
+        call.span.end(error=error)
+
+    def _finish(self, call: Call, response: Response, stopped_early: bool = False) -> Response:
+        response.latency = time.perf_counter() - call.started
+        if call.first_token_at is not None:
+            response.time_to_first_token = call.first_token_at - call.started
+        response._trace = call.span.trace_ref
+        call.span.set_attributes(
+            {
+                "mlflow_lite.model": response.model,
+                "mlflow_lite.provider": response.provider,
+                "mlflow_lite.prompt_tokens": response.prompt_tokens,
+                "mlflow_lite.completion_tokens": response.completion_tokens,
+                "mlflow_lite.total_tokens": response.total_tokens,
+                "mlflow_lite.cost_usd": response.cost,
+                "mlflow_lite.latency_s": round(response.latency, 6),
+                "mlflow_lite.time_to_first_token_s": response.time_to_first_token,
+                "mlflow_lite.cached": response.cached or "none",
+                "mlflow_lite.stopped_early": stopped_early,
+            }
+        )
+        call.span.end(outputs=chat_outputs(response))
+        return response
+
+    def close_stream(self, call: Call) -> Response:
+        """Finish the trace of a stream the caller stopped reading (once); return what it got."""
+        if "partial" not in call.state:
+            call.state["partial"] = self._finish(call, self._partial_response(call), stopped_early=True)
+        return call.state["partial"]
+
+    def _partial_response(self, call: Call) -> Response:
+        """The text so far, with tokens and cost counted locally."""
+        text = "".join(call.parts)
+        model = call.state.get("answering_model", call.models[0])
+        completion_tokens = call.pricing.count_tokens(model, text) if text else 0
+        return Response(
+            text=text,
+            model=model.name,
+            usage=usage_dict(call.prompt_tokens, completion_tokens),
+            cost=call.pricing.cost(model, call.prompt_tokens, completion_tokens),
+            latency=0.0,
+            finish_reason="cancelled",
+            provider=model.provider,
+            requested_model=call.request.model,
+        )
+
+
+def chat_inputs(request: Request, model: str) -> dict[str, Any]:
+    """Span inputs in OpenAI chat format, which MLflow's UI renders as a conversation."""
+    return {"model": model, "messages": request.messages}
+
+
+def chat_outputs(response: Response) -> dict[str, Any]:
+    return {
+        "model": response.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": response.text},
+                "finish_reason": response.finish_reason,
+            }
+        ],
+        "usage": response.usage,
+    }

@@ -1,0 +1,104 @@
+"""Tokens and prices: counting, pre-call estimates and the cost of an answer.
+
+Prices come from LiteLLM's price map (read from the installed package, never the network) unless
+overridden with ``set_model_price``. A model without a known price costs ``None``, with one
+warning per model, never a silent $0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .errors import ArgumentError
+from .models import OFFLINE_PROVIDER, ModelRef, litellm_module
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per token."""
+
+    input: float
+    output: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.input + completion_tokens * self.output
+
+
+FREE = Price(0.0, 0.0)
+
+# Runtimes on your own machine: $0 per token unless you set a price (for your hardware, say).
+LOCAL_PROVIDERS = frozenset({"ollama", "ollama_chat", "llamafile", "lm_studio"})
+
+
+class Pricing:
+    def __init__(self) -> None:
+        self._overrides: dict[str, Price] = {}
+        self._unknown: set[str] = set()
+        self._lock = threading.Lock()
+
+    def set_price(self, model: ModelRef, input_per_million: float, output_per_million: float) -> None:
+        for name, value in (("input_per_million", input_per_million), ("output_per_million", output_per_million)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ArgumentError(name, f"must be a number >= 0 (USD per million tokens), got {value!r}")
+        price = Price(input_per_million / 1e6, output_per_million / 1e6)
+        with self._lock:
+            self._overrides[model.name] = price
+            self._overrides[model.requested] = price
+            self._unknown.discard(model.name)
+
+    def price(self, model: ModelRef) -> Price | None:
+        """The per-token price of ``model``, or None (warned once) when nobody knows it."""
+        override = self._overrides.get(model.name) or self._overrides.get(model.requested)
+        if override is not None:
+            return override
+        if model.provider == OFFLINE_PROVIDER:
+            return FREE
+        litellm = litellm_module()
+        try:
+            input_cost, output_cost = litellm.cost_per_token(model=model.name, prompt_tokens=1, completion_tokens=1)
+        except Exception:
+            if model.provider in LOCAL_PROVIDERS:
+                return FREE
+            self._warn_unknown(model)
+            return None
+        return Price(float(input_cost), float(output_cost))
+
+    def cost(self, model: ModelRef, prompt_tokens: int, completion_tokens: int, raw: Any = None) -> float | None:
+        """USD for a call. With the provider's ``raw`` response LiteLLM's own accounting is used
+        (cached and reasoning tokens, tiers); otherwise tokens times the per-token price."""
+        price = self.price(model)
+        if price is None:
+            return None
+        overridden = model.name in self._overrides or model.requested in self._overrides
+        if raw is not None and price is not FREE and not overridden:
+            try:
+                return float(litellm_module().completion_cost(completion_response=raw, model=model.name))
+            except Exception:
+                pass  # the per-token price below is close enough
+        return price.cost(prompt_tokens, completion_tokens)
+
+    def count_tokens(self, model: ModelRef, text: str | Sequence[dict[str, Any]]) -> int:
+        """Tokens of a text or a message list with the model's tokenizer (bundled, offline)."""
+        litellm = litellm_module()
+        if isinstance(text, str):
+            return int(litellm.token_counter(model=model.name, text=text))
+        if isinstance(text, Sequence):
+            return int(litellm.token_counter(model=model.name, messages=list(text)))
+        raise ArgumentError("text", f"must be a string or a list of messages, got {type(text).__name__}")
+
+    def _warn_unknown(self, model: ModelRef) -> None:
+        with self._lock:
+            if model.name in self._unknown:
+                return
+            self._unknown.add(model.name)
+        _logger.warning(
+            "No known price for model %r: its cost is reported as None. Set one with "
+            "ml.set_model_price(%r, input_per_million=..., output_per_million=...).",
+            model.name,
+            model.requested,
+        )

@@ -1,0 +1,145 @@
+"""The request data class and the argument checks that run before any network call."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .errors import ArgumentError
+
+# Keywords that are ours, not LiteLLM's: they shape the pipeline and are never sent to a provider.
+PIPELINE_KEYWORDS = frozenset({"num_retries", "fallbacks", "tags", "provider_params"})
+
+# Provider-specific keywords LiteLLM forwards that are in none of its own lists.
+_PROVIDER_EXTRAS = frozenset(
+    {"top_k", "extra_body", "extra_query", "keep_alive", "safety_settings", "format", "mirostat"}
+)
+
+@functools.cache
+def known_keywords() -> frozenset[str]:
+    """Every keyword LiteLLM's ``completion()`` understands, read from the installed LiteLLM."""
+    import inspect
+
+    from .models import litellm_module
+
+    litellm = litellm_module()
+    names = set(inspect.signature(litellm.completion).parameters) - {"kwargs", "model", "messages"}
+    names |= set(getattr(litellm, "all_litellm_params", ()))
+    names |= set(getattr(litellm, "OPENAI_CHAT_COMPLETION_PARAMS", ()))
+    return frozenset(names | _PROVIDER_EXTRAS)
+
+
+@dataclass
+class Request:
+    """One call as the pipeline sees it: the model asked for, messages, and pass-through params."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+    num_retries: int = 0
+    fallbacks: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    stream: bool = False
+
+    @property
+    def prompt_text(self) -> str:
+        """The text of the last user message (what most stages key on)."""
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return content_text(message.get("content"))
+        return ""
+
+
+def content_text(content: Any) -> str:
+    """Text of a message ``content``: a string, or the text parts of a content-part list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        return "".join(
+            part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text"
+        )
+    return "" if content is None else str(content)
+
+
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise ArgumentError("messages", "must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise ArgumentError("messages", f"item {i} must be a dict with a 'role' key, got {message!r}")
+        checked.append(dict(message))
+    return checked
+
+
+def _check_keywords(kwargs: Mapping[str, Any]) -> None:
+    known = known_keywords()
+    for name in kwargs:
+        if name in known or name in PIPELINE_KEYWORDS:
+            continue
+        close = difflib.get_close_matches(name, sorted(known | PIPELINE_KEYWORDS), n=1, cutoff=0.75)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ArgumentError(
+            name,
+            f"unknown keyword argument.{hint} Pass provider-specific parameters as provider_params={{...}}.",
+        )
+
+
+def build_request(
+    *,
+    model: str | None,
+    prompt: str | None,
+    messages: Sequence[Mapping[str, Any]] | None,
+    system: str | None,
+    kwargs: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+    stream: bool = False,
+) -> Request:
+    """Check the arguments of query/stream and build a :class:`Request`; raises ArgumentError."""
+    if not isinstance(model, str) or not model.strip():
+        raise ArgumentError("model", f"must be a non-empty model name such as 'gpt-4o', got {model!r}")
+    if prompt is not None and messages is not None:
+        raise ArgumentError("prompt", "give either prompt= or messages=, not both")
+    if messages is not None:
+        msgs = _check_messages(messages)
+    elif isinstance(prompt, str) and prompt.strip():
+        msgs = [{"role": "user", "content": prompt}]
+    else:
+        raise ArgumentError("prompt", f"must be a non-empty string (or pass messages=), got {prompt!r}")
+    if system is not None:
+        if not isinstance(system, str):
+            raise ArgumentError("system", f"must be a string, got {type(system).__name__}")
+        msgs = [{"role": "system", "content": system}] + [m for m in msgs if m.get("role") != "system"]
+
+    merged = {**(defaults or {}), **kwargs}
+    _check_keywords(merged)
+    if "stream" in merged:
+        raise ArgumentError("stream", "use ml.stream(...) for streaming instead of stream=")
+
+    num_retries = merged.pop("num_retries", 0) or 0
+    if not isinstance(num_retries, int) or isinstance(num_retries, bool) or num_retries < 0:
+        raise ArgumentError("num_retries", f"must be an int >= 0, got {num_retries!r}")
+    fallbacks = merged.pop("fallbacks", None) or ()
+    if isinstance(fallbacks, str) or not all(isinstance(f, str) and f.strip() for f in fallbacks):
+        raise ArgumentError("fallbacks", f"must be a list of model names, got {fallbacks!r}")
+    tags = merged.pop("tags", None) or {}
+    if not isinstance(tags, Mapping):
+        raise ArgumentError("tags", f"must be a dict of str to str, got {tags!r}")
+    provider_params = merged.pop("provider_params", None) or {}
+    if not isinstance(provider_params, Mapping):
+        raise ArgumentError("provider_params", f"must be a dict, got {provider_params!r}")
+    timeout = merged.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ArgumentError("timeout", f"must be a positive number of seconds, got {timeout!r}")
+
+    return Request(
+        model=model.strip(),
+        messages=msgs,
+        params={**merged, **provider_params},
+        num_retries=num_retries,
+        fallbacks=tuple(fallbacks),
+        tags={str(k): str(v) for k, v in tags.items()},
+        stream=stream,
+    )

@@ -1,0 +1,361 @@
+"""A loopback HTTP server that speaks the OpenAI, Anthropic and Ollama chat wire formats.
+
+Tests (and the benchmark, and the quickstart notebook) point LiteLLM at it, so LiteLLM's real HTTP
+code runs with no API key and no internet::
+
+    with StubLLMServer(latency=0.05) as stub:
+        ml.query(model="openai/gpt-4o", prompt="hi", api_base=stub.openai_base, api_key="sk-stub")
+        stub.inject(status=429, retry_after=1)           # the next request gets a 429
+        stub.inject(delay=5, times=2)                     # the next two are slow
+
+Answers are deterministic: ``"Stub answer from <model>: <last user message>"``; token counts are
+whitespace words, so tests can check the usage LiteLLM reports. Every request is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator
+
+Reply = Callable[[str, list[dict[str, Any]]], str]
+
+
+def default_reply(model: str, messages: list[dict[str, Any]]) -> str:
+    user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    return f"Stub answer from {model}: {_text(user.get('content'))}"
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+@dataclass
+class Fault:
+    """What to do to the next ``times`` matching requests instead of answering normally."""
+
+    status: int | None = None  # answer with this HTTP error status
+    retry_after: float | None = None  # Retry-After header (with 429/503)
+    delay: float = 0.0  # wait this long first (a slow provider; makes client timeouts fire)
+    break_stream_after: int | None = None  # streams: drop the connection after N chunks
+    times: int = 1
+    model: str | None = None  # only requests for this model
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    at: float
+
+
+class StubLLMServer:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency: float = 0.0,
+        chunk_delay: float = 0.0,
+        reply: Reply = default_reply,
+    ):
+        self.latency = latency
+        self.chunk_delay = chunk_delay
+        self.reply = reply
+        self.requests: list[RecordedRequest] = []
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer((host, port), _handler_class(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --
+
+    def start(self) -> StubLLMServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="stub-llm", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> StubLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def openai_base(self) -> str:
+        return f"{self.url}/v1"
+
+    # -- test controls --
+
+    def inject(self, **fault: Any) -> None:
+        """Queue a :class:`Fault` (keywords as its fields) for the next matching requests."""
+        with self._lock:
+            self._faults.append(Fault(**fault))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            self.requests.clear()
+
+    def requests_to(self, path_suffix: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith(path_suffix)]
+
+    def _take_fault(self, model: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.model in (None, model):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+
+def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like real APIs (fair latency measurements)
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+            pass
+
+        def do_GET(self) -> None:
+            if self.path.endswith("/models"):
+                self._json(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+            elif self.path.endswith("/api/tags"):
+                self._json(200, {"models": []})
+            else:
+                self._json(200, {"status": "ok"})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b"{}"
+            try:
+                body = json.loads(raw or b"{}")
+            except json.JSONDecodeError:
+                self._json(400, {"error": {"message": "stub: body is not JSON", "type": "invalid_request_error"}})
+                return
+            stub._record(RecordedRequest("POST", self.path, body, dict(self.headers), time.time()))
+            if self.path.endswith("/api/show"):
+                self._json(200, {"model_info": {}, "details": {}, "template": "", "capabilities": ["completion"]})
+                return
+            model = str(body.get("model", ""))
+            fault = stub._take_fault(model)
+            delay = stub.latency + (fault.delay if fault else 0.0)
+            if delay:
+                time.sleep(delay)
+            if fault and fault.status:
+                self._error(fault)
+                return
+            route = self._route()
+            if route is None:
+                self._json(404, {"error": {"message": f"stub: no route {self.path}", "type": "not_found"}})
+                return
+            route(body, fault)
+
+        def _route(self) -> Callable[[dict[str, Any], Fault | None], None] | None:
+            path = self.path.split("?")[0]
+            if path.endswith("/chat/completions"):
+                return self._openai
+            if path.endswith("/messages"):
+                return self._anthropic
+            if path.endswith("/api/chat") or path.endswith("/api/generate"):
+                return self._ollama
+            return None
+
+        # -- wire formats --
+
+        def _answer(self, body: dict[str, Any]) -> tuple[str, str, int, int]:
+            model = str(body.get("model", "stub"))
+            messages = list(body.get("messages") or [])
+            if "prompt" in body:  # ollama /api/generate
+                messages.append({"role": "user", "content": body["prompt"]})
+            if body.get("system"):  # anthropic keeps the system prompt apart
+                system = body["system"]
+                messages.insert(0, {"role": "system", "content": system if isinstance(system, str) else ""})
+            text = stub.reply(model, messages)
+            prompt_tokens = sum(count_words(_text(m.get("content"))) for m in messages)
+            return model, text, prompt_tokens, count_words(text)
+
+        def _openai(self, body: dict[str, Any], fault: Fault | None) -> None:
+            model, text, prompt_tokens, completion_tokens = self._answer(body)
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            ident, created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
+            if not body.get("stream"):
+                message = {"role": "assistant", "content": text}
+                self._json(
+                    200,
+                    {
+                        "id": ident,
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": model,
+                        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                        "usage": usage,
+                    },
+                )
+                return
+
+            def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+                return {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+
+            def events() -> Iterator[str]:
+                yield _sse(chunk({"role": "assistant", "content": ""}, None))
+                for piece in _pieces(text):
+                    yield _sse(chunk({"content": piece}, None))
+                yield _sse(chunk({}, "stop"))
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    final = chunk({}, None)
+                    final["choices"], final["usage"] = [], usage
+                    yield _sse(final)
+                yield "data: [DONE]\n\n"
+
+            self._stream("text/event-stream", events(), fault)
+
+        def _anthropic(self, body: dict[str, Any], fault: Fault | None) -> None:
+            model, text, prompt_tokens, completion_tokens = self._answer(body)
+            ident = f"msg_{uuid.uuid4().hex[:12]}"
+            if not body.get("stream"):
+                self._json(
+                    200,
+                    {
+                        "id": ident,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [{"type": "text", "text": text}],
+                        "stop_reason": "end_turn",
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
+                    },
+                )
+                return
+
+            def events() -> Iterator[str]:
+                start = {"id": ident, "type": "message", "role": "assistant", "model": model, "content": []}
+                start["stop_reason"] = None
+                start["usage"] = {"input_tokens": prompt_tokens, "output_tokens": 1}
+                yield _sse({"type": "message_start", "message": start}, "message_start")
+                block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+                yield _sse(block, "content_block_start")
+                for piece in _pieces(text):
+                    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
+                    yield _sse(delta, "content_block_delta")
+                yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+                end = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+                end["usage"] = {"output_tokens": completion_tokens}
+                yield _sse(end, "message_delta")
+                yield _sse({"type": "message_stop"}, "message_stop")
+
+            self._stream("text/event-stream", events(), fault)
+
+        def _ollama(self, body: dict[str, Any], fault: Fault | None) -> None:
+            model, text, prompt_tokens, completion_tokens = self._answer(body)
+            chat = self.path.endswith("/api/chat")
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+            def line(piece: str, done: bool) -> dict[str, Any]:
+                out: dict[str, Any] = {"model": model, "created_at": created, "done": done}
+                if chat:
+                    out["message"] = {"role": "assistant", "content": piece}
+                else:
+                    out["response"] = piece
+                if done:
+                    out.update(done_reason="stop", prompt_eval_count=prompt_tokens, eval_count=completion_tokens)
+                return out
+
+            if body.get("stream") is False:
+                self._json(200, line(text, True))
+                return
+
+            def lines() -> Iterator[str]:
+                for piece in _pieces(text):
+                    yield json.dumps(line(piece, False)) + "\n"
+                yield json.dumps(line("", True)) + "\n"
+
+            self._stream("application/x-ndjson", lines(), fault)
+
+        # -- transport --
+
+        def _json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, fault: Fault) -> None:
+            status = int(fault.status or 500)
+            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            kind = {429: "rate_limit_error", 401: "authentication_error"}.get(status, "server_error")
+            message = f"stub: injected {status}"
+            self._json(status, {"error": {"message": message, "type": kind, "code": str(status)}}, headers)
+
+        def _stream(self, content_type: str, parts: Iterator[str], fault: Fault | None) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")  # the body ends when the connection does
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for n, part in enumerate(parts):
+                    if fault and fault.break_stream_after is not None and n >= fault.break_stream_after:
+                        return  # drop the connection mid-stream
+                    self.wfile.write(part.encode())
+                    self.wfile.flush()
+                    if stub.chunk_delay:
+                        time.sleep(stub.chunk_delay)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading: fine, that is what early-close tests do
+
+    return Handler
+
+
+def _pieces(text: str) -> Iterator[str]:
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        yield word if i == len(words) - 1 else word + " "
+
+
+def _sse(payload: dict[str, Any], event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(payload)}\n\n"

@@ -1,0 +1,343 @@
+"""One MLflow trace per call, written off the caller's critical path.
+
+Spans are recorded in memory while the call runs and replayed into MLflow (with their real start
+and end times) by a background writer thread, so neither ``import mlflow`` (~1 s) nor span export
+sits between the caller and its answer. ``Response.trace_id`` waits for that writer.
+
+Two cases write spans live instead, as the call runs:
+- the caller is inside an active MLflow span: our trace nests under it, like any autologged call;
+- ``mlflow.litellm.autolog()`` is on: LiteLLM's own MLflow span then nests under our attempt span,
+  so the call is one trace, not two.
+Tracing never fails a call: a store that cannot be reached logs a warning and trace_id is None.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+_logger = logging.getLogger(__name__)
+
+# MLflow span types, as strings so this module does not import mlflow.
+CHAT_MODEL = "CHAT_MODEL"
+LLM = "LLM"
+CHAIN = "CHAIN"
+
+# MLflow's span attribute keys (mlflow.tracing.constant.SpanAttributeKey): the UI aggregates
+# token usage and cost per trace from these.
+CHAT_USAGE = "mlflow.chat.tokenUsage"
+LLM_COST = "mlflow.llm.cost"
+LLM_MODEL = "mlflow.llm.model"
+LLM_PROVIDER = "mlflow.llm.provider"
+
+_NO_OP_TRACE_ID = "MLFLOW_NO_OP_SPAN_TRACE_ID"
+FLUSH_TIMEOUT = float(os.environ.get("MLFLOW_LITE_TRACE_FLUSH_TIMEOUT", "30"))
+
+
+class TraceRef:
+    """The trace id of one call, filled in when the trace is written."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._trace_id: str | None = None
+
+    def set(self, trace_id: str | None) -> None:
+        self._trace_id = None if trace_id == _NO_OP_TRACE_ID else trace_id
+        self._done.set()
+
+    @property
+    def trace_id(self) -> str | None:
+        if not self._done.wait(FLUSH_TIMEOUT):
+            _logger.warning("The MLflow trace of this call was not written within %.0f s", FLUSH_TIMEOUT)
+        return self._trace_id
+
+
+class Span:
+    """A span of one call. Records everything; forwards to a live MLflow span when there is one."""
+
+    def __init__(
+        self,
+        trace: _Trace,
+        name: str,
+        span_type: str,
+        inputs: Any = None,
+        attributes: dict[str, Any] | None = None,
+        parent: Span | None = None,
+    ):
+        self._trace = trace
+        self.name = name
+        self.span_type = span_type
+        self.inputs = inputs
+        self.attributes: dict[str, Any] = dict(attributes or {})
+        self.parent = parent
+        self.children: list[Span] = []
+        self.events: list[tuple[str, int, dict[str, Any]]] = []
+        self.start_ns = time.time_ns()
+        self.end_ns: int | None = None
+        self.outputs: Any = None
+        self.error: BaseException | None = None
+        self._live: Any = None
+        if trace.live:
+            self._open_live()
+
+    @property
+    def trace_ref(self) -> TraceRef:
+        return self._trace.ref
+
+    def child(
+        self, name: str, span_type: str, inputs: Any = None, attributes: dict[str, Any] | None = None
+    ) -> Span:
+        span = Span(self._trace, name, span_type, inputs, attributes, parent=self)
+        self.children.append(span)
+        return span
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        self.attributes.update(attributes)
+        if self._live is not None:
+            _safely(self._live.set_attributes, attributes)
+
+    def add_event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
+        event = (name, time.time_ns(), dict(attributes or {}))
+        self.events.append(event)
+        if self._live is not None:
+            _safely(self._live_event, event)
+
+    def end(self, outputs: Any = None, error: BaseException | None = None) -> None:
+        if self.end_ns is not None:
+            return
+        self.end_ns = time.time_ns()
+        self.outputs = outputs
+        self.error = error
+        if self._live is not None:
+            _safely(self._close_live)
+        if self.parent is None:
+            self._trace.finish()
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Make this span MLflow's current span (live mode only), so autologged spans nest in it."""
+        if self._live is None:
+            yield
+            return
+        from mlflow.tracing.provider import detach_span_from_context, set_span_in_context
+
+        token = set_span_in_context(self._live)
+        try:
+            yield
+        finally:
+            detach_span_from_context(token)
+
+    # -- writing to MLflow (live as it happens, or replayed by the writer thread) --
+
+    def _open_live(self) -> None:
+        import mlflow
+
+        parent_live = self.parent._live if self.parent is not None else self._trace.parent_live
+        is_root = self.parent is None
+        try:
+            self._live = mlflow.start_span_no_context(
+                name=self.name,
+                span_type=self.span_type,
+                parent_span=parent_live,
+                inputs=self.inputs,
+                attributes=self.attributes,
+                tags=self._trace.tags if is_root and parent_live is None else None,
+                experiment_id=self._trace.experiment_id if is_root else None,
+                start_time_ns=self.start_ns,
+            )
+        except Exception as exc:  # tracing must never fail the call
+            _logger.warning("Could not start MLflow span %r: %s", self.name, exc)
+            self._live = None
+        if is_root:
+            self._trace.ref.set(getattr(self._live, "trace_id", None))
+
+    def _live_event(self, event: tuple[str, int, dict[str, Any]]) -> None:
+        from mlflow.entities import SpanEvent
+
+        name, timestamp, attributes = event
+        self._live.add_event(SpanEvent(name=name, timestamp=timestamp, attributes=attributes))
+
+    def _close_live(self) -> None:
+        if self.error is not None:
+            self._live.record_exception(self.error)
+        self._live.end(outputs=self.outputs, end_time_ns=self.end_ns)
+
+    def _replay(self) -> None:
+        self._open_live()
+        if self._live is None:
+            return
+        for event in self.events:
+            self._live_event(event)
+        for child in self.children:
+            child._replay()
+        self._close_live()
+
+
+class _Trace:
+    def __init__(self, tracer: Tracer, live: bool, parent_live: Any, tags: dict[str, str]):
+        self.tracer = tracer
+        self.live = live
+        self.parent_live = parent_live
+        self.tags = tags
+        self.ref = TraceRef()
+        self.experiment_id: str | None = tracer._experiment_id() if live else None
+        self.root: Span | None = None
+
+    def finish(self) -> None:
+        if not self.live:
+            self.tracer._writer.submit(self)
+
+
+class NullSpan:
+    """Stands in for a span when tracing is off."""
+
+    trace_ref = None
+
+    def child(self, *args: Any, **kwargs: Any) -> NullSpan:
+        return self
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        pass
+
+    def add_event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
+        pass
+
+    def end(self, outputs: Any = None, error: BaseException | None = None) -> None:
+        pass
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        yield
+
+
+def _live_context() -> tuple[bool, Any]:
+    """(write live?, parent span): live when the caller has an active span or LiteLLM autolog is on."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None or not hasattr(mlflow, "get_current_active_span"):
+        return False, None  # mlflow not imported yet: nobody can have opened a span
+    parent = mlflow.get_current_active_span()
+    if parent is not None:
+        return True, parent
+    litellm = sys.modules.get("litellm")
+    if litellm is not None:
+        callbacks = [*getattr(litellm, "success_callback", []), *getattr(litellm, "callbacks", [])]
+        if any(cb == "mlflow" or type(cb).__name__ == "MlflowLogger" for cb in callbacks):
+            return True, None
+    return False, None
+
+
+class Tracer:
+    """Owns tracing settings of a client: on/off and the experiment traces go to."""
+
+    def __init__(self, enabled: bool = True, experiment: str | None = None):
+        self.enabled = enabled
+        self.experiment = experiment
+        self._experiment_ids: dict[tuple[str, str], str] = {}
+        self._writer = _Writer()
+
+    def start(
+        self, name: str, span_type: str, inputs: Any, attributes: dict[str, Any], tags: dict[str, str]
+    ) -> Span | NullSpan:
+        if not self.enabled:
+            return NullSpan()
+        try:
+            live, parent = _live_context()
+        except Exception:
+            live, parent = False, None
+        trace = _Trace(self, live, parent, tags)
+        trace.root = Span(trace, name, span_type, inputs, attributes)
+        return trace.root
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        """Write every pending trace (also run at interpreter exit)."""
+        self._writer.flush(timeout)
+
+    def _experiment_id(self) -> str | None:
+        """The id of ``experiment`` (created if missing), or None for MLflow's active experiment."""
+        if not self.experiment:
+            return None
+        import mlflow
+
+        key = (mlflow.get_tracking_uri(), self.experiment)
+        if key not in self._experiment_ids:
+            client = mlflow.MlflowClient()
+            found = client.get_experiment_by_name(self.experiment)
+            self._experiment_ids[key] = found.experiment_id if found else client.create_experiment(self.experiment)
+        return self._experiment_ids[key]
+
+
+class _Writer:
+    """A daemon thread replaying finished traces into MLflow, in order."""
+
+    def __init__(self) -> None:
+        self._pending: deque[_Trace] = deque()
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._thread: threading.Thread | None = None
+        self._warned_at = 0.0
+
+    def submit(self, trace: _Trace) -> None:
+        with self._cond:
+            self._pending.append(trace)
+            self._busy += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mlflow-lite-traces", daemon=True)
+                self._thread.start()
+                atexit.register(self.flush)
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._busy and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+            if self._busy:
+                _logger.warning("%d MLflow trace(s) were not written within %.0f s", self._busy, timeout)
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is not None and hasattr(mlflow, "flush_trace_async_logging"):
+            _safely(mlflow.flush_trace_async_logging)
+
+    def _run(self) -> None:
+        first = True
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                trace = self._pending.popleft()
+            try:
+                trace.experiment_id = trace.tracer._experiment_id()
+                assert trace.root is not None
+                trace.root._replay()
+                trace.ref.set(getattr(trace.root._live, "trace_id", None))
+            except Exception as exc:
+                self._warn(exc)
+                trace.ref.set(None)
+            finally:
+                if first:
+                    # MLflow registered its own exit flush on the first export; run ours before it.
+                    atexit.unregister(self.flush)
+                    atexit.register(self.flush)
+                    first = False
+                with self._cond:
+                    self._busy -= 1
+                    self._cond.notify_all()
+
+    def _warn(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned_at > 60:  # once a minute, not once per call
+            self._warned_at = now
+            _logger.warning("Could not write an MLflow trace (calls are not affected): %s", exc)
+
+
+def _safely(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:
+        _logger.warning("MLflow tracing error (the call is not affected): %s", exc)
