@@ -93,7 +93,7 @@ def cost(prompt: str, model: str) -> None:
     except errors.MlflowLiteError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    price = "unknown price" if usd is None else f"${usd:.6f}"
+    price = "unknown price" if usd is None else f"${usd:.8f}"
     click.echo(f"{tokens} tokens, {price} as input to {client.models.resolve(model).name}")
 
 

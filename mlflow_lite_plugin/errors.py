@@ -111,17 +111,30 @@ def _retry_after(exc: BaseException) -> float | None:
         return None  # an HTTP date: rare for LLM APIs, fall back to backoff
 
 
+_CONNECTION_ERRORS = frozenset({"APIConnectionError", "ConnectError", "ConnectionRefusedError", "RemoteProtocolError"})
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 10:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
 def from_provider_exception(exc: BaseException, model: str) -> ProviderError:
     """Map a LiteLLM/httpx exception to our typed error, keeping the provider's message."""
     if isinstance(exc, ProviderError):
         return exc
-    name = type(exc).__name__
+    # LiteLLM reports a refused connection as a 500; the SDK/httpx cause below says what it was.
+    chain = [type(e).__name__ for e in _causes(exc)]
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
-    message = getattr(exc, "message", None) or str(exc) or name
-    if "Timeout" in name:
+    message = getattr(exc, "message", None) or str(exc) or chain[0]
+    if any("Timeout" in name for name in chain):
         cls: type[ProviderError] = ProviderTimeoutError
-    elif "APIConnectionError" in name or "ConnectError" in name:
+    elif any(name in _CONNECTION_ERRORS for name in chain):
         cls = ProviderConnectionError
     else:
         cls = _status_class(status)

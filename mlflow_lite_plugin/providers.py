@@ -88,6 +88,8 @@ class Provider:
             kwargs["stream"] = True
             # LiteLLM then reports the provider's own token counts at the end of every stream.
             kwargs.setdefault("stream_options", {"include_usage": True})
+            if tracing.autolog_logs_streams_separately():
+                kwargs["no-log"] = True
         return kwargs
 
     def _start(self, call: Call, attempt: Attempt) -> Span | NullSpan:

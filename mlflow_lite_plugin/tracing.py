@@ -155,7 +155,7 @@ class Span:
         except Exception as exc:  # tracing must never fail the call
             _logger.warning("Could not start MLflow span %r: %s", self.name, exc)
             self._live = None
-        if is_root:
+        if is_root and self._trace.live:  # replayed traces get their id once fully written
             self._trace.ref.set(getattr(self._live, "trace_id", None))
 
     def _live_event(self, event: tuple[str, int, dict[str, Any]]) -> None:
@@ -225,12 +225,30 @@ def _live_context() -> tuple[bool, Any]:
     parent = mlflow.get_current_active_span()
     if parent is not None:
         return True, parent
+    return any(map(_is_mlflow_callback, _litellm_callbacks())), None
+
+
+def _is_mlflow_callback(callback: Any) -> bool:
+    return callback == "mlflow" or type(callback).__name__ == "MlflowLogger"
+
+
+def _litellm_callbacks() -> list[Any]:
     litellm = sys.modules.get("litellm")
-    if litellm is not None:
-        callbacks = [*getattr(litellm, "success_callback", []), *getattr(litellm, "callbacks", [])]
-        if any(cb == "mlflow" or type(cb).__name__ == "MlflowLogger" for cb in callbacks):
-            return True, None
-    return False, None
+    if litellm is None:
+        return []
+    names = ("success_callback", "failure_callback", "callbacks")
+    return [cb for name in names for cb in getattr(litellm, name, None) or []]
+
+
+def autolog_logs_streams_separately() -> bool:
+    """True when ``mlflow.litellm.autolog()`` is LiteLLM's only logger.
+
+    LiteLLM logs a finished stream from a worker thread that does not see the active span, so
+    autolog would write a second trace for every stream; then our stream calls pass LiteLLM's
+    ``no-log`` flag, which is safe because no other callback would miss the call.
+    """
+    callbacks = _litellm_callbacks()
+    return bool(callbacks) and all(map(_is_mlflow_callback, callbacks))
 
 
 class Tracer:

@@ -57,7 +57,7 @@ class RecordedRequest:
     method: str
     path: str
     body: dict[str, Any]
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     at: float
 
 
@@ -75,6 +75,8 @@ class StubLLMServer:
         self.chunk_delay = chunk_delay
         self.reply = reply
         self.requests: list[RecordedRequest] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests served at once (concurrency tests)
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _handler_class(self))
@@ -118,6 +120,7 @@ class StubLLMServer:
         with self._lock:
             self._faults.clear()
             self.requests.clear()
+            self.max_in_flight = 0
 
     def requests_to(self, path_suffix: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith(path_suffix)]
@@ -135,6 +138,15 @@ class StubLLMServer:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
 
 def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
@@ -160,10 +172,17 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 self._json(400, {"error": {"message": "stub: body is not JSON", "type": "invalid_request_error"}})
                 return
-            stub._record(RecordedRequest("POST", self.path, body, dict(self.headers), time.time()))
+            stub._record(RecordedRequest("POST", self.path, body, {k.lower(): v for k, v in self.headers.items()}, time.time()))
             if self.path.endswith("/api/show"):
                 self._json(200, {"model_info": {}, "details": {}, "template": "", "capabilities": ["completion"]})
                 return
+            stub._enter()
+            try:
+                self._serve(body)
+            finally:
+                stub._leave()
+
+        def _serve(self, body: dict[str, Any]) -> None:
             model = str(body.get("model", ""))
             fault = stub._take_fault(model)
             delay = stub.latency + (fault.delay if fault else 0.0)

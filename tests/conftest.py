@@ -1,0 +1,82 @@
+"""Shared fixtures: a private MLflow store, the loopback LLM stub, and fresh clients."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# One private sqlite store for the whole run, set before anything imports mlflow; creating its
+# tables takes seconds, so it is shared and tests tell their traces apart by id or experiment.
+_STORE = Path(tempfile.mkdtemp(prefix="mlflow-lite-tests-"))
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STORE / 'mlflow.db'}"
+os.environ.setdefault("MLFLOW_LITE_TRACE_FLUSH_TIMEOUT", "60")
+for _key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_BASE", "OPENAI_API_BASE"):
+    os.environ.pop(_key, None)  # never reach a real provider from the tests
+
+import mlflow_lite_plugin as ml  # noqa: E402
+from mlflow_lite_plugin.testing import StubLLMServer  # noqa: E402
+
+KEY = "sk-stub-not-a-real-key"
+
+
+@pytest.fixture(scope="session")
+def store_dir() -> Path:
+    return _STORE
+
+
+@pytest.fixture(scope="session")
+def _stub_server():
+    with StubLLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def stub(_stub_server: StubLLMServer) -> StubLLMServer:
+    """The loopback LLM server, with no faults queued, no latency and an empty request log."""
+    _stub_server.reset()
+    _stub_server.latency = 0.0
+    _stub_server.chunk_delay = 0.0
+    yield _stub_server
+    _stub_server.reset()
+
+
+@pytest.fixture
+def openai_kw(stub: StubLLMServer) -> dict:
+    return {"api_base": stub.openai_base, "api_key": KEY}
+
+
+@pytest.fixture
+def anthropic_kw(stub: StubLLMServer) -> dict:
+    return {"api_base": stub.url, "api_key": KEY}
+
+
+@pytest.fixture
+def client() -> ml.Client:
+    """A fresh client, its traces flushed after the test."""
+    c = ml.Client()
+    yield c
+    c.flush_traces()
+
+
+@pytest.fixture
+def default_client(monkeypatch: pytest.MonkeyPatch) -> ml.Client:
+    """A fresh client installed behind the ml.* one-liners for one test."""
+    import mlflow_lite_plugin.client as client_module
+
+    c = ml.Client()
+    monkeypatch.setattr(client_module, "_default", c)
+    yield c
+    c.flush_traces()
+
+
+def get_trace(trace_id: str):
+    """Read a trace back from the store (after MLflow's async export)."""
+    import mlflow
+
+    mlflow.flush_trace_async_logging()
+    trace = mlflow.get_trace(trace_id)
+    assert trace is not None, f"trace {trace_id} was not written"
+    return trace
