@@ -331,17 +331,6 @@ def print_summary(rows: list[Row]) -> None:
         print(line(row))
 
 
-def start_stub(latency: float, stock: bool) -> StubLLMServer:
-    """The stub LLM server. Its handler writes headers and body in separate sends; on a keep-alive
-    connection Nagle's algorithm then waits for the client's delayed ACK, adding ~40 ms to every
-    call of both paths and diluting the ratios. Unless ``stock``, TCP_NODELAY is turned on for
-    this stub's handler (a class created per stub), so a call costs ~``latency`` like a real API."""
-    stub = StubLLMServer(latency=latency)
-    if not stock:
-        stub._server.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
-    return stub.start()
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="interleaved calls per path (default 200)")
@@ -349,9 +338,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency", type=float, default=0.05, help="stub server latency in seconds (default 0.05)")
     parser.add_argument("--import-runs", type=int, default=5, help="fresh interpreters for import time (default 5)")
     parser.add_argument("--cold-runs", type=int, default=5, help="cold-start processes per path (default 5)")
-    parser.add_argument(
-        "--stock-stub", action="store_true", help="keep the stub's Nagle delay (~40 ms more per call, see start_stub)"
-    )
     parser.add_argument("--profile", action="store_true", help="also cProfile ml.query and print the top 15")
     return parser.parse_args()
 
@@ -361,9 +347,8 @@ def main() -> int:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, MLflow store in {WORKDIR}")
     started = time.perf_counter()
     try:
-        with start_stub(args.latency, args.stock_stub) as stub:
-            nagle = "on (stock stub, ~40 ms more per call)" if args.stock_stub else "off (TCP_NODELAY)"
-            print(f"stub server {stub.openai_base}, latency {args.latency * 1e3:.0f} ms, Nagle delay {nagle}")
+        with StubLLMServer(latency=args.latency) as stub:
+            print(f"stub server {stub.openai_base}, latency {args.latency * 1e3:.0f} ms")
             rows = measure_latency(stub.openai_base, args.n, args.warmup, args.latency)
             rows += measure_import(args.import_runs)
             rows += measure_cold_start(stub.openai_base, args.cold_runs)

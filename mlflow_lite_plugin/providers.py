@@ -143,16 +143,18 @@ class Provider:
             requested_model=call.request.model,
             raw=raw,
         )
-        span.set_attributes(
-            {
-                tracing.CHAT_USAGE: {
-                    "input_tokens": prompt_tokens,
-                    "output_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-                tracing.LLM_COST: self._cost_breakdown(call, attempt.model, response),
-            }
-        )
+        attributes: dict[str, Any] = {
+            tracing.CHAT_USAGE: {
+                "input_tokens": prompt_tokens,
+                "output_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "mlflow_lite.cost_known": cost is not None,
+        }
+        breakdown = self._cost_breakdown(call, attempt.model, response)
+        if breakdown is not None:  # unknown: left unset (MLflow's store rejects a null cost)
+            attributes[tracing.LLM_COST] = breakdown
+        span.set_attributes(attributes)
         span.end(outputs=_dump(raw))
         return response
 
@@ -160,7 +162,7 @@ class Provider:
     def _cost_breakdown(call: Call, model: ModelRef, response: Response) -> dict[str, float] | None:
         price = call.pricing.price(model) if response.cost is not None else None
         if price is None or response.cost is None:
-            return None  # explicit: MLflow must not guess a price we do not know
+            return None
         input_cost = response.prompt_tokens * price.input
         return {"input_cost": input_cost, "output_cost": response.cost - input_cost, "total_cost": response.cost}
 

@@ -298,6 +298,7 @@ class _Writer:
         self._pending: deque[_Trace] = deque()
         self._cond = threading.Condition()
         self._busy = 0
+        self._unflushed = False  # written to MLflow since its export queue was last flushed
         self._thread: threading.Thread | None = None
         self._warned_at = 0.0
 
@@ -318,9 +319,10 @@ class _Writer:
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
             if self._busy:
                 _logger.warning("%d MLflow trace(s) were not written within %.0f s", self._busy, timeout)
+            unflushed, self._unflushed = self._unflushed, False
         mlflow = sys.modules.get("mlflow")
-        if mlflow is not None and hasattr(mlflow, "flush_trace_async_logging"):
-            _safely(mlflow.flush_trace_async_logging)
+        if unflushed and mlflow is not None and hasattr(mlflow, "flush_trace_async_logging"):
+            _safely(mlflow.flush_trace_async_logging)  # MLflow's own export queue
 
     def _run(self) -> None:
         first = True
@@ -345,6 +347,7 @@ class _Writer:
                     first = False
                 with self._cond:
                     self._busy -= 1
+                    self._unflushed = True
                     self._cond.notify_all()
 
     def _warn(self, exc: Exception) -> None:

@@ -13,6 +13,9 @@ import pytest
 _STORE = Path(tempfile.mkdtemp(prefix="mlflow-lite-tests-"))
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STORE / 'mlflow.db'}"
 os.environ.setdefault("MLFLOW_LITE_TRACE_FLUSH_TIMEOUT", "60")
+# Our trace writer is already a background thread; MLflow's second async queue only makes each
+# read-back wait for its 1 s poll. Subprocess tests set it back to MLflow's default (true).
+os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
 for _key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_BASE", "OPENAI_API_BASE"):
     os.environ.pop(_key, None)  # never reach a real provider from the tests
 

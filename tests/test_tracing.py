@@ -56,7 +56,9 @@ def test_unknown_price_is_null_cost_on_trace(client, stub, openai_kw):
     r = client.query(model="openai/unpriced-model", prompt="cost?", **openai_kw)
     attempt = get_trace(r.trace_id).data.spans[1]
     assert r.cost is None
-    assert attempt.attributes["mlflow.llm.cost"] is None  # never a made-up $0
+    assert attempt.attributes["mlflow_lite.cost_known"] is False
+    assert attempt.attributes.get("mlflow.llm.cost") is None  # never a made-up $0
+    assert get_trace(r.trace_id).data.spans[0].attributes["mlflow_lite.cost_usd"] is None
 
 
 def test_set_experiment(stub, openai_kw):
@@ -137,7 +139,7 @@ def test_traces_are_flushed_at_interpreter_exit(tmp_path, store_dir):
             r = ml.query(model="lite/echo", prompt=f"exit flush {{i}}", tags={{"test_marker": "{marker}"}})
         print("answered", flush=True)
     """
-    result = _run_python(code, {})
+    result = _run_python(code, {"MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "true"})  # MLflow's default
     assert result.returncode == 0, result.stderr
     assert "answered" in result.stdout
     assert len(_traces_tagged(marker)) == 3
@@ -180,6 +182,7 @@ def test_unreachable_tracking_store_never_fails_a_call():
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
         "MLFLOW_LITE_TRACE_FLUSH_TIMEOUT": "20",
+        "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "true",
     }
     result = _run_python(code, env)
     assert result.returncode == 0, result.stderr

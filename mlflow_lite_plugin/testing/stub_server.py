@@ -152,6 +152,9 @@ class StubLLMServer:
 def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like real APIs (fair latency measurements)
+        # Headers and body go out in separate sends: without TCP_NODELAY, Nagle's algorithm holds
+        # the body for the client's delayed ACK, adding ~40 ms to every response.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet test output
             pass
