@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
@@ -104,6 +105,8 @@ class Stream:
         self.close()
 
     def __del__(self) -> None:
+        if sys.is_finalizing():  # too late to trace: MLflow has shut down
+            return
         try:
             self.close()
         except Exception:  # never raise from a finaliser

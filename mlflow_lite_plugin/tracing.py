@@ -325,7 +325,6 @@ class _Writer:
             _safely(mlflow.flush_trace_async_logging)  # MLflow's own export queue
 
     def _run(self) -> None:
-        first = True
         while True:
             with self._cond:
                 while not self._pending:
@@ -340,11 +339,10 @@ class _Writer:
                 self._warn(exc)
                 trace.ref.set(None)
             finally:
-                if first:
-                    # MLflow registered its own exit flush on the first export; run ours before it.
-                    atexit.unregister(self.flush)
-                    atexit.register(self.flush)
-                    first = False
+                # MLflow registers exit hooks when it (re)creates its tracer provider; exit hooks
+                # run last-registered-first, so re-register ours to flush before MLflow shuts down.
+                atexit.unregister(self.flush)
+                atexit.register(self.flush)
                 with self._cond:
                     self._busy -= 1
                     self._unflushed = True

@@ -19,7 +19,7 @@ from .conftest import get_trace
 def _traces_tagged(marker: str, experiment_ids: list[str] | None = None) -> list:
     mlflow.flush_trace_async_logging()
     return mlflow.search_traces(
-        experiment_ids=experiment_ids,
+        locations=experiment_ids,
         filter_string=f"tags.test_marker = '{marker}'",
         return_type="list",
     )
@@ -111,7 +111,7 @@ def test_litellm_autolog_does_not_log_twice(client, stub, openai_kw):
         mlflow.set_experiment("Default")
     client.flush_traces()
     mlflow.flush_trace_async_logging()
-    traces = mlflow.search_traces(experiment_ids=[exp_id], return_type="list")
+    traces = mlflow.search_traces(locations=[exp_id], return_type="list")
     assert sorted(t.info.trace_id for t in traces) == sorted([r.trace_id, stream.response.trace_id])
     query_spans = get_trace(r.trace_id).data.spans
     # LiteLLM's own span nests inside our attempt span
@@ -188,3 +188,14 @@ def test_unreachable_tracking_store_never_fails_a_call():
     assert result.returncode == 0, result.stderr
     assert "ANSWER Echo: store is down" in result.stdout
     assert "WARNING" in result.stderr or "Failed" in result.stderr or "Could not" in result.stderr
+
+
+def test_follows_mlflow_set_experiment(client, stub, openai_kw):
+    """No ml.set_experiment: traces go where mlflow.set_experiment points, from the writer thread too."""
+    name = f"mlflow-set-{uuid.uuid4().hex[:8]}"
+    experiment = mlflow.set_experiment(name)
+    try:
+        r = client.query(model="gpt-4o", prompt="follow mlflow", **openai_kw)
+        assert get_trace(r.trace_id).info.experiment_id == experiment.experiment_id
+    finally:
+        mlflow.set_experiment("Default")
