@@ -8,6 +8,9 @@ import threading
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from . import tracing as tracing_module
+from .cache.backends import make_backend
+from .cache.stage import ExactCacheStage
+from .cache.stats import CacheStats
 from .batch import BatchItem, check_concurrency, gather_bounded, item_kwargs, run_sync
 from .errors import ArgumentError, MlflowLiteError
 from .models import ModelResolver
@@ -43,6 +46,7 @@ class Client:
         self.pricing = Pricing()
         self.tracer = tracing_module.Tracer(enabled=tracing, experiment=experiment)
         self.pipeline = Pipeline(Provider())
+        self._cache_stats = CacheStats()
 
     # -- calls --
 
@@ -132,6 +136,48 @@ class Client:
         """Make ``alias`` call ``model`` (a provider-qualified LiteLLM name)."""
         self.models.set_alias(alias, model)
 
+    # -- caching --
+
+    def set_cache(
+        self,
+        enabled: bool = True,
+        *,
+        ttl: float | None = None,
+        backend: str = "memory",
+        url: str | None = None,
+        path: str | None = None,
+        max_entries: int = 10_000,
+        max_temperature: float | None = None,
+    ) -> None:
+        """Turn the exact cache on (or off with ``enabled=False``).
+
+        ``backend``: "memory" (per process, LRU-bounded by ``max_entries``), "sqlite" (a file at
+        ``path``, shared by processes, survives restarts) or "redis" (``url``, shared by replicas).
+        ``ttl`` is in seconds (None: no expiry). Calls with a temperature above
+        ``max_temperature`` bypass the cache (None: every temperature is cached, keyed by it).
+        """
+        if not enabled:
+            self.pipeline.remove(ExactCacheStage.name)
+            return
+        _check_positive("ttl", ttl)
+        _check_positive("max_entries", max_entries)
+        _check_positive("max_temperature", max_temperature, allow_zero=True)
+        store = make_backend(backend, url=url, path=path, max_entries=max_entries)
+        self.pipeline.add(
+            ExactCacheStage(store, ttl=ttl, max_temperature=max_temperature, stats=self._cache_stats)
+        )
+
+    def cache_stats(self) -> dict[str, Any]:
+        """Hits, misses, hit rate and cost saved, overall and per cache kind (this process)."""
+        return self._cache_stats.snapshot()
+
+    def clear_cache(self) -> None:
+        """Delete every cached answer (exact and semantic) and reset the statistics."""
+        for stage in self.pipeline.stages:
+            if isinstance(stage, ExactCacheStage):
+                stage.backend.clear()
+        self._cache_stats.reset()
+
     # -- tracing --
 
     def set_experiment(self, name: str) -> None:
@@ -214,6 +260,13 @@ def set_default_client(client: Client) -> None:
     _default = client
 
 
+def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
+        raise ArgumentError(name, f"must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+
 def _one_liner(method: F) -> F:
     """A module-level function that calls ``method`` on the default client."""
     name = method.__name__
@@ -248,3 +301,6 @@ set_model_alias = _one_liner(Client.set_model_alias)
 set_experiment = _one_liner(Client.set_experiment)
 set_tracing = _one_liner(Client.set_tracing)
 flush_traces = _one_liner(Client.flush_traces)
+set_cache = _one_liner(Client.set_cache)
+cache_stats = _one_liner(Client.cache_stats)
+clear_cache = _one_liner(Client.clear_cache)

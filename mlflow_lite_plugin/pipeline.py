@@ -8,7 +8,9 @@ A stage is an object with ``order`` (where it sits) and any of four hooks:
 - ``before(call)``: runs in order before the provider. Returning a :class:`Response` answers the
   call without the provider (a cache hit); raising refuses it (a budget). ``abefore`` is the
   asyncio twin, for stages that wait (rate limits); by default it calls ``before``.
-- ``after(call, response)``: runs in order on every answer, cached ones included.
+- ``after(call, response)``: runs on every answer, cached ones included, in *reverse* order
+  (like an onion): the stage that looked first stores last, so validation sees an answer before
+  the caches store it, and the ledger settles after both.
 - ``on_error(call, error)``: runs when the call fails, to release what ``before`` took.
 
 New stages plug in with ``Pipeline.add(stage)`` without touching the others. The provider call
@@ -156,7 +158,7 @@ class Pipeline:
         return None
 
     def _after(self, call: Call, response: Response) -> None:
-        for stage in self.stages:
+        for stage in reversed(self.stages):
             stage.after(call, response)
 
     def _fail(self, call: Call, error: BaseException) -> None:

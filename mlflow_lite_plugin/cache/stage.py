@@ -1,0 +1,122 @@
+"""The cache stages of the pipeline: lookups before the provider, stores after validation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..pipeline import Call, Stage
+from ..response import Response, usage_dict
+from .backends import CacheBackend
+from .keys import exact_key
+from .stats import CacheStats
+
+_logger = logging.getLogger(__name__)
+
+
+def to_entry(response: Response) -> dict[str, Any]:
+    """What a cache keeps of an answer (JSON-safe)."""
+    return {
+        "text": response.text,
+        "model": response.model,
+        "provider": response.provider,
+        "usage": response.usage,
+        "cost": response.cost,
+        "finish_reason": response.finish_reason,
+        "created_at": time.time(),
+    }
+
+
+def from_entry(entry: dict[str, Any], kind: str, call: Call) -> Response:
+    """A cache hit: no provider call, so no tokens and no cost."""
+    return Response(
+        text=entry["text"],
+        model=entry.get("model") or call.models[0].name,
+        usage=usage_dict(0, 0),
+        cost=0.0,
+        latency=0.0,
+        finish_reason=entry.get("finish_reason"),
+        cached=kind,
+        provider=entry.get("provider"),
+        requested_model=call.request.model,
+    )
+
+
+def storable(response: Response) -> bool:
+    """Only complete, valid provider answers are cached: never errors, partial streams or
+    answers that failed validation."""
+    validation = getattr(response, "validation", None)
+    return (
+        response.cached is None
+        and response.finish_reason != "cancelled"
+        and (validation is None or bool(getattr(validation, "passed", True)))
+    )
+
+
+class CacheStage(Stage):
+    """Shared rules of the exact and semantic caches: which calls may use a cache, hit accounting."""
+
+    kind = "cache"
+
+    def __init__(self, *, ttl: float | None, max_temperature: float | None, stats: CacheStats):
+        self.ttl = ttl
+        self.max_temperature = max_temperature
+        self.stats = stats
+
+    def applies(self, call: Call) -> bool:
+        if not call.request.use_cache:
+            return False
+        temperature = call.request.params.get("temperature")
+        return self.max_temperature is None or temperature is None or temperature <= self.max_temperature
+
+    def hit(self, call: Call, entry: dict[str, Any], **details: Any) -> Response:
+        saved = entry.get("cost")
+        self.stats.lookup(self.kind, True, saved)
+        call.span.add_event("cache_hit", {"kind": self.kind, "saved_cost_usd": saved, **details})
+        call.span.set_attributes({"mlflow_lite.cost_saved_usd": saved})
+        return from_entry(entry, self.kind, call)
+
+    def miss(self, call: Call) -> None:
+        self.stats.lookup(self.kind, False)
+
+    def after(self, call: Call, response: Response) -> None:
+        if self.applies(call):
+            self.stats.answered(call, response)
+            if storable(response):
+                self.store(call, response)
+
+    def store(self, call: Call, response: Response) -> None:
+        raise NotImplementedError
+
+
+class ExactCacheStage(CacheStage):
+    """Same model, messages, output-changing parameters and namespace: the same answer."""
+
+    name = "exact_cache"
+    kind = "exact"
+    order = 300
+
+    def __init__(self, backend: CacheBackend, **rules: Any):
+        super().__init__(**rules)
+        self.backend = backend
+
+    def before(self, call: Call) -> Response | None:
+        if not self.applies(call):
+            return None
+        key = call.state["exact_key"] = exact_key(call)
+        try:
+            entry = self.backend.get(key)
+        except Exception as exc:  # a cache outage must not fail calls: it is a miss
+            _logger.warning("Exact cache lookup failed (treated as a miss): %s", exc)
+            entry = None
+        if entry is None:
+            self.miss(call)
+            return None
+        return self.hit(call, entry, key=key[:16])
+
+    def store(self, call: Call, response: Response) -> None:
+        try:
+            self.backend.set(call.state["exact_key"], to_entry(response), self.ttl)
+        except Exception as exc:
+            _logger.warning("Exact cache store failed (the answer is returned anyway): %s", exc)
