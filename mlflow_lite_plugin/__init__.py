@@ -30,7 +30,9 @@ from .client import (  # noqa: E402
     set_experiment,
     set_model_alias,
     set_model_price,
+    set_semantic_cache,
     set_tracing,
+    semantic_cache,
     stream,
 )
 from .errors import (  # noqa: E402
@@ -79,6 +81,8 @@ __all__ = [
     "set_experiment",
     "set_model_alias",
     "set_model_price",
+    "set_semantic_cache",
+    "semantic_cache",
     "set_tracing",
     "stream",
 ]

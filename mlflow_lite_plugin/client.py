@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 from . import tracing as tracing_module
 from .cache.backends import make_backend
-from .cache.stage import ExactCacheStage
+from .cache.stage import ExactCacheStage, SemanticCacheStage
 from .cache.stats import CacheStats
 from .batch import BatchItem, check_concurrency, gather_bounded, item_kwargs, run_sync
 from .errors import ArgumentError, MlflowLiteError
@@ -19,6 +19,9 @@ from .pricing import Pricing
 from .providers import Provider
 from .request import build_request
 from .response import Response, Stream
+
+if TYPE_CHECKING:
+    from .cache.semantic import SemanticCache
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -167,6 +170,51 @@ class Client:
             ExactCacheStage(store, ttl=ttl, max_temperature=max_temperature, stats=self._cache_stats)
         )
 
+    def set_semantic_cache(
+        self,
+        enabled: bool = True,
+        *,
+        threshold: float | None = None,
+        model: str | None = None,
+        ttl: float | None = None,
+        max_entries: int = 10_000,
+        max_temperature: float | None = None,
+        verify: bool = True,
+        cache: SemanticCache | None = None,
+    ) -> None:
+        """Turn the semantic cache on (or off): a question that means the same as a cached one,
+        in the same scope, gets the cached answer.
+
+        ``model``: a sentence-transformers model name or path (default: the bundled
+        all-MiniLM-L6-v2, loaded offline on first use). ``threshold``: cosine similarity a
+        candidate needs before verification (default: the tuned one). ``verify=False`` trusts
+        cosine alone (not recommended: near-misses such as negations score high). Pass a loaded
+        ``cache=`` (e.g. ``SemanticCache.load(path)``) to start warm.
+        """
+        if not enabled:
+            self.pipeline.remove(SemanticCacheStage.name)
+            return
+        _check_positive("ttl", ttl)
+        _check_positive("max_entries", max_entries)
+        _check_positive("max_temperature", max_temperature, allow_zero=True)
+        if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
+            raise ArgumentError("threshold", f"must be a cosine similarity in (0, 1], got {threshold!r}")
+        if cache is None:
+            from .cache.semantic import SemanticCache
+
+            options: dict[str, Any] = {"model": model, "ttl": ttl, "max_entries": max_entries, "verify": verify}
+            if threshold is not None:
+                options["threshold"] = threshold
+            cache = SemanticCache(**options)
+        self.pipeline.add(
+            SemanticCacheStage(cache, ttl=ttl, max_temperature=max_temperature, stats=self._cache_stats)
+        )
+
+    def semantic_cache(self) -> SemanticCache | None:
+        """The live semantic cache of this client (to save, inspect or ship with a model)."""
+        stage = self.pipeline.get(SemanticCacheStage.name)
+        return stage.cache if isinstance(stage, SemanticCacheStage) else None
+
     def cache_stats(self) -> dict[str, Any]:
         """Hits, misses, hit rate and cost saved, overall and per cache kind (this process)."""
         return self._cache_stats.snapshot()
@@ -176,6 +224,8 @@ class Client:
         for stage in self.pipeline.stages:
             if isinstance(stage, ExactCacheStage):
                 stage.backend.clear()
+            elif isinstance(stage, SemanticCacheStage):
+                stage.cache.clear()
         self._cache_stats.reset()
 
     # -- tracing --
@@ -304,3 +354,5 @@ flush_traces = _one_liner(Client.flush_traces)
 set_cache = _one_liner(Client.set_cache)
 cache_stats = _one_liner(Client.cache_stats)
 clear_cache = _one_liner(Client.clear_cache)
+set_semantic_cache = _one_liner(Client.set_semantic_cache)
+semantic_cache = _one_liner(Client.semantic_cache)

@@ -8,7 +8,8 @@ A stage is an object with ``order`` (where it sits) and any of four hooks:
 - ``before(call)``: runs in order before the provider. Returning a :class:`Response` answers the
   call without the provider (a cache hit); raising refuses it (a budget). ``abefore`` is the
   asyncio twin, for stages that wait (rate limits); by default it calls ``before``.
-- ``after(call, response)``: runs on every answer, cached ones included, in *reverse* order
+- ``after(call, response)``: runs on every answer (cached ones, and the partial answer of a
+  stream closed early, with ``finish_reason="cancelled"``), in *reverse* order
   (like an onion): the stage that looked first stores last, so validation sees an answer before
   the caches store it, and the ledger settles after both.
 - ``on_error(call, error)``: runs when the call fails, to release what ``before`` took.
@@ -66,11 +67,17 @@ class Call:
     state: dict[str, Any] = field(default_factory=dict)  # per-stage scratch, keyed by stage name
     parts: list[str] = field(default_factory=list)  # streamed text so far
     first_token_at: float | None = None
+    attempt_costs: list[float | None] = field(default_factory=list)  # USD of each answered attempt
 
     @functools.cached_property
     def prompt_tokens(self) -> int:
         """Estimated prompt tokens (computed on first use: only stages that need it pay for it)."""
         return self.pricing.count_tokens(self.models[0], self.request.messages)
+
+    @property
+    def spent(self) -> float:
+        """USD of every answered attempt of this call so far (unknown prices count as 0)."""
+        return sum(cost or 0.0 for cost in self.attempt_costs)
 
     def estimate_cost(self, completion_tokens: int = 0) -> float | None:
         """USD estimate for the primary model: the prompt plus ``completion_tokens`` of output."""
@@ -197,7 +204,13 @@ class Pipeline:
     def close_stream(self, call: Call) -> Response:
         """Finish the trace of a stream the caller stopped reading (once); return what it got."""
         if "partial" not in call.state:
-            call.state["partial"] = self._finish(call, self._partial_response(call), stopped_early=True)
+            partial = self._partial_response(call)
+            call.attempt_costs.append(partial.cost)
+            try:
+                self._after(call, partial)  # ledgers settle what was streamed; caches skip it
+            except Exception as error:  # closing a stream must not raise
+                call.span.add_event("stage_error", {"error": repr(error)})
+            call.state["partial"] = self._finish(call, partial, stopped_early=True)
         return call.state["partial"]
 
     def _partial_response(self, call: Call) -> Response:

@@ -132,6 +132,7 @@ class Provider:
         # A streamed answer is priced from the usage the provider sent, not the assembled body.
         priced = None if call.request.stream else raw
         cost = call.pricing.cost(attempt.model, prompt_tokens, completion_tokens, priced)
+        call.attempt_costs.append(cost)
         response = Response(
             text=text,
             model=attempt.model.name,

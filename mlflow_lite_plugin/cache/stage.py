@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..pipeline import Call, Stage
 from ..response import Response, usage_dict
 from .backends import CacheBackend
-from .keys import exact_key
+from .keys import exact_key, scope_key
 from .stats import CacheStats
+
+if TYPE_CHECKING:
+    from .semantic import SemanticCache
 
 _logger = logging.getLogger(__name__)
 
@@ -120,3 +123,42 @@ class ExactCacheStage(CacheStage):
             self.backend.set(call.state["exact_key"], to_entry(response), self.ttl)
         except Exception as exc:
             _logger.warning("Exact cache store failed (the answer is returned anyway): %s", exc)
+
+
+class SemanticCacheStage(CacheStage):
+    """Same scope (model, system prompt and earlier messages, output-changing parameters,
+    namespace) and a last user message that means the same: the same answer. Runs after the
+    exact cache missed."""
+
+    name = "semantic_cache"
+    kind = "semantic"
+    order = 400
+
+    def __init__(self, cache: SemanticCache, **rules: Any):
+        super().__init__(**rules)
+        self.cache = cache
+
+    def before(self, call: Call) -> Response | None:
+        query = call.request.prompt_text
+        if not self.applies(call) or not query.strip():
+            return None
+        scope = scope_key(call)
+        call.state["semantic"] = (scope, query)
+        try:
+            hit = self.cache.lookup(scope, query)
+        except Exception as exc:
+            _logger.warning("Semantic cache lookup failed (treated as a miss): %s", exc)
+            hit = None
+        if hit is None:
+            self.miss(call)
+            return None
+        return self.hit(call, hit.value, similarity=round(hit.score, 4), matched_query=hit.query, reason=hit.reason)
+
+    def store(self, call: Call, response: Response) -> None:
+        if "semantic" not in call.state:
+            return
+        scope, query = call.state["semantic"]
+        try:
+            self.cache.store(scope, query, to_entry(response))
+        except Exception as exc:
+            _logger.warning("Semantic cache store failed (the answer is returned anyway): %s", exc)
