@@ -162,9 +162,7 @@ class Client:
         if not enabled:
             self.pipeline.remove(ExactCacheStage.name)
             return
-        _check_positive("ttl", ttl)
-        _check_positive("max_entries", max_entries)
-        _check_positive("max_temperature", max_temperature, allow_zero=True)
+        _check_cache_rules(ttl, max_entries, max_temperature)
         store = make_backend(backend, url=url, path=path, max_entries=max_entries)
         self.pipeline.add(
             ExactCacheStage(store, ttl=ttl, max_temperature=max_temperature, stats=self._cache_stats)
@@ -194,9 +192,7 @@ class Client:
         if not enabled:
             self.pipeline.remove(SemanticCacheStage.name)
             return
-        _check_positive("ttl", ttl)
-        _check_positive("max_entries", max_entries)
-        _check_positive("max_temperature", max_temperature, allow_zero=True)
+        _check_cache_rules(ttl, max_entries, max_temperature)
         if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
             raise ArgumentError("threshold", f"must be a cosine similarity in (0, 1], got {threshold!r}")
         if cache is None:
@@ -315,6 +311,12 @@ def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
         return
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
         raise ArgumentError(name, f"must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+
+def _check_cache_rules(ttl: Any, max_entries: Any, max_temperature: Any) -> None:
+    _check_positive("ttl", ttl)
+    _check_positive("max_entries", max_entries)
+    _check_positive("max_temperature", max_temperature, allow_zero=True)
 
 
 def _one_liner(method: F) -> F:

@@ -286,7 +286,7 @@ def test_redis_outage_after_setup_never_fails_a_call(tmp_path, stub, openai_kw, 
     with caplog.at_level("WARNING"):
         r = _ask(client, "redis is down", **openai_kw)
     assert r.cached is None and r.text.endswith("redis is down")
-    assert "cache lookup failed" in caplog.text
+    assert "exact cache lookup failed" in caplog.text
 
 
 def test_cache_survives_env_without_redis_package_import_at_module_load():

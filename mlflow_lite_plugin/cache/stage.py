@@ -92,6 +92,14 @@ class CacheStage(Stage):
     def store(self, call: Call, response: Response) -> None:
         raise NotImplementedError
 
+    def guarded(self, action: str, fn: Any, *args: Any) -> Any:
+        """Run a backend operation; an outage is logged and counts as a miss, never a failed call."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            _logger.warning("%s cache %s failed (the call goes on without it): %s", self.kind, action, exc)
+            return None
+
 
 class ExactCacheStage(CacheStage):
     """Same model, messages, output-changing parameters and namespace: the same answer."""
@@ -108,21 +116,14 @@ class ExactCacheStage(CacheStage):
         if not self.applies(call):
             return None
         key = call.state["exact_key"] = exact_key(call)
-        try:
-            entry = self.backend.get(key)
-        except Exception as exc:  # a cache outage must not fail calls: it is a miss
-            _logger.warning("Exact cache lookup failed (treated as a miss): %s", exc)
-            entry = None
+        entry = self.guarded("lookup", self.backend.get, key)
         if entry is None:
             self.miss(call)
             return None
         return self.hit(call, entry, key=key[:16])
 
     def store(self, call: Call, response: Response) -> None:
-        try:
-            self.backend.set(call.state["exact_key"], to_entry(response), self.ttl)
-        except Exception as exc:
-            _logger.warning("Exact cache store failed (the answer is returned anyway): %s", exc)
+        self.guarded("store", self.backend.set, call.state["exact_key"], to_entry(response), self.ttl)
 
 
 class SemanticCacheStage(CacheStage):
@@ -144,11 +145,7 @@ class SemanticCacheStage(CacheStage):
             return None
         scope = scope_key(call)
         call.state["semantic"] = (scope, query)
-        try:
-            hit = self.cache.lookup(scope, query)
-        except Exception as exc:
-            _logger.warning("Semantic cache lookup failed (treated as a miss): %s", exc)
-            hit = None
+        hit = self.guarded("lookup", self.cache.lookup, scope, query)
         if hit is None:
             self.miss(call)
             return None
@@ -158,7 +155,4 @@ class SemanticCacheStage(CacheStage):
         if "semantic" not in call.state:
             return
         scope, query = call.state["semantic"]
-        try:
-            self.cache.store(scope, query, to_entry(response))
-        except Exception as exc:
-            _logger.warning("Semantic cache store failed (the answer is returned anyway): %s", exc)
+        self.guarded("store", self.cache.store, scope, query, to_entry(response))
