@@ -28,8 +28,10 @@ from .client import (  # noqa: E402
     set_cache,
     set_default_client,
     set_experiment,
+    set_fallbacks,
     set_model_alias,
     set_model_price,
+    set_rate_limit,
     set_semantic_cache,
     set_tracing,
     semantic_cache,
@@ -47,6 +49,7 @@ from .errors import (  # noqa: E402
     ProviderUnavailableError,
 )
 from .pipeline import Call, Stage  # noqa: E402
+from .ratelimit import RateLimitExceededError  # noqa: E402
 from .response import Response, Stream  # noqa: E402
 
 __version__ = "0.1.0"
@@ -63,6 +66,7 @@ __all__ = [
     "ProviderRateLimitError",
     "ProviderTimeoutError",
     "ProviderUnavailableError",
+    "RateLimitExceededError",
     "Response",
     "Stage",
     "Stream",
@@ -79,8 +83,10 @@ __all__ = [
     "set_cache",
     "set_default_client",
     "set_experiment",
+    "set_fallbacks",
     "set_model_alias",
     "set_model_price",
+    "set_rate_limit",
     "set_semantic_cache",
     "semantic_cache",
     "set_tracing",

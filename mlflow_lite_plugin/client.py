@@ -16,6 +16,7 @@ from .errors import ArgumentError, MlflowLiteError
 from .models import ModelResolver
 from .pipeline import Call, Pipeline, Stage, chat_inputs
 from .pricing import Pricing
+from .ratelimit import RateLimit, RateLimitStage, check_limit
 from .providers import Provider
 from .request import build_request
 from .response import Response, Stream
@@ -224,6 +225,52 @@ class Client:
                 stage.cache.clear()
         self._cache_stats.reset()
 
+    # -- rate limits and fallbacks --
+
+    def set_rate_limit(
+        self,
+        requests_per_minute: float | None = None,
+        *,
+        tokens_per_minute: float | None = None,
+        model: str | None = None,
+        max_wait: float | None = None,
+        window: float = 60.0,
+    ) -> None:
+        """Queue calls so they stay under these limits (per ``model``, or for all models).
+
+        Waiting callers start in arrival order; past ``max_wait`` seconds of waiting a call
+        raises ``RateLimitExceededError`` instead. Tokens are the prompt plus ``max_tokens``.
+        With neither limit given, the limit for ``model`` is removed.
+        """
+        check_limit("requests_per_minute", requests_per_minute)
+        check_limit("tokens_per_minute", tokens_per_minute)
+        check_limit("max_wait", max_wait)
+        check_limit("window", window)
+        stage = self.pipeline.get(RateLimitStage.name)
+        if not isinstance(stage, RateLimitStage):
+            stage = RateLimitStage()
+            self.pipeline.add(stage)
+        stage.max_wait = max_wait
+        if requests_per_minute is None and tokens_per_minute is None:
+            stage.limits = [x for x in stage.limits if x.model != model]
+        else:
+            stage.add(RateLimit(requests_per_minute, tokens_per_minute, model=model, window=window))
+        if not stage.limits:
+            self.pipeline.remove(RateLimitStage.name)
+
+    def set_fallbacks(self, fallbacks: Sequence[str] | None, *, num_retries: int | None = None) -> None:
+        """Default fallback chain (and retries) of every call; a call's own ``fallbacks=`` wins."""
+        if isinstance(fallbacks, str):
+            raise ArgumentError("fallbacks", f"must be a list of model names, got {fallbacks!r}")
+        defaults = {k: v for k, v in self.defaults.items() if k != "fallbacks"}
+        if fallbacks:
+            defaults["fallbacks"] = list(fallbacks)
+        if num_retries is not None:
+            defaults["num_retries"] = num_retries
+        # validated as a call would be, before anything is changed
+        build_request(model="check", prompt="check", messages=None, system=None, kwargs={}, defaults=defaults)
+        self.defaults = defaults
+
     # -- tracing --
 
     def set_experiment(self, name: str) -> None:
@@ -358,3 +405,5 @@ cache_stats = _one_liner(Client.cache_stats)
 clear_cache = _one_liner(Client.clear_cache)
 set_semantic_cache = _one_liner(Client.set_semantic_cache)
 semantic_cache = _one_liner(Client.semantic_cache)
+set_rate_limit = _one_liner(Client.set_rate_limit)
+set_fallbacks = _one_liner(Client.set_fallbacks)
