@@ -234,18 +234,16 @@ class Client:
         tokens_per_minute: float | None = None,
         model: str | None = None,
         max_wait: float | None = None,
-        window: float = 60.0,
     ) -> None:
-        """Queue calls so they stay under these limits (per ``model``, or for all models).
+        """Pace calls so they stay under these limits (per ``model``, or for all models).
 
-        Waiting callers start in arrival order; past ``max_wait`` seconds of waiting a call
-        raises ``RateLimitExceededError`` instead. Tokens are the prompt plus ``max_tokens``.
-        With neither limit given, the limit for ``model`` is removed.
+        Waiting callers start in arrival order; a call that would wait more than ``max_wait``
+        seconds raises ``RateLimitExceededError`` instead. Tokens are the prompt plus
+        ``max_tokens``. With neither limit given, the limit for ``model`` is removed.
         """
         check_limit("requests_per_minute", requests_per_minute)
         check_limit("tokens_per_minute", tokens_per_minute)
         check_limit("max_wait", max_wait)
-        check_limit("window", window)
         stage = self.pipeline.get(RateLimitStage.name)
         if not isinstance(stage, RateLimitStage):
             stage = RateLimitStage()
@@ -254,7 +252,7 @@ class Client:
         if requests_per_minute is None and tokens_per_minute is None:
             stage.limits = [x for x in stage.limits if x.model != model]
         else:
-            stage.add(RateLimit(requests_per_minute, tokens_per_minute, model=model, window=window))
+            stage.add(RateLimit(requests_per_minute, tokens_per_minute, model=model))
         if not stage.limits:
             self.pipeline.remove(RateLimitStage.name)
 

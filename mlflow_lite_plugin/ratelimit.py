@@ -1,12 +1,17 @@
 """Client-side rate limits: requests and tokens per minute, queued fairly, with ``max_wait``.
 
-Each call reserves the earliest *slot* (a start time) at which every applicable sliding window
-still has room, under one lock. Slots never move backwards, so callers start in arrival order
-(FIFO), and threads (``time.sleep``) and asyncio tasks (``await asyncio.sleep``) share one limit
-without blocking an event loop. A sliding window, unlike a token bucket, guarantees that no
-``window`` seconds ever hold more than the limit.
+Calls are *paced* (GCRA-style virtual scheduling): a call may start at ``max(now, next_free)``,
+and starting moves ``next_free`` on by its cost over the rate (1 request, or its tokens). So:
 
-The stage runs after the caches: a cache hit never reaches the provider, so it never waits.
+- no 60 s window ever holds more than the limit, and a saturated limiter runs at exactly the
+  limit, spread evenly: no bursts that trip the provider's own limits;
+- slots are reserved under one lock in arrival order, so waiting callers start first-come,
+  first-served; threads (``time.sleep``) and asyncio tasks (``await asyncio.sleep``) share one
+  limit without blocking an event loop.
+
+Tokens are the prompt plus ``max_tokens``; a token window can be exceeded by at most the last
+call's tokens. The stage runs after the caches: a cache hit never reaches the provider, so it
+never waits.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,33 +37,27 @@ class RateLimitExceededError(MlflowLiteError):
 
 
 @dataclass
-class Window:
-    """A sliding window: at most ``limit`` units (requests or tokens) in any ``seconds``."""
+class Pace:
+    """One paced limit: ``per_minute`` units (requests or tokens) per minute."""
 
-    limit: float
-    seconds: float
-    label: str
+    per_minute: float
     unit: str  # "requests" or "tokens"
-    _log: deque[tuple[float, float]] = field(default_factory=deque)  # (slot, units)
+    label: str
+    next_free: float = 0.0  # the schedule: where the next reservation goes
+    free_at: float = 0.0  # reality: when the last call that actually started has been paid for
 
-    def earliest(self, now: float, units: float) -> float:
-        """The first time >= now at which ``units`` more fit in the window."""
-        if units > self.limit:
-            units = self.limit  # a single oversized call still runs, alone in its window
-        while self._log and self._log[0][0] <= now - self.seconds:
-            self._log.popleft()
-        used = sum(u for _, u in self._log)
-        if used + units <= self.limit:
-            return now
-        # Walk forward through the expiries until enough has left the window.
-        for slot, u in self._log:
-            used -= u
-            if used + units <= self.limit:
-                return slot + self.seconds
-        return now  # unreachable: the log empties eventually
+    def earliest(self, now: float) -> float:
+        return max(now, self.next_free)
 
-    def record(self, slot: float, units: float) -> None:
-        self._log.append((slot, min(units, self.limit)))
+    def reserve(self, slot: float, units: float) -> None:
+        self.next_free = slot + self.seconds(units)
+
+    def start(self, now: float, units: float) -> None:
+        self.free_at = now + self.seconds(units)
+        self.next_free = max(self.next_free, self.free_at)  # a late start delays the schedule
+
+    def seconds(self, units: float) -> float:
+        return units * 60.0 / self.per_minute
 
 
 @dataclass
@@ -67,18 +65,16 @@ class RateLimit:
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     model: str | None = None  # None: every model
-    window: float = 60.0  # seconds; limits scale with it (tests use short windows)
-    windows: list[Window] = field(default_factory=list)
+    paces: list[Pace] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        scale = self.window / 60.0
         scope = self.model or "all models"
         if self.requests_per_minute:
             label = f"{self.requests_per_minute:g} requests/min ({scope})"
-            self.windows.append(Window(self.requests_per_minute * scale, self.window, label, "requests"))
+            self.paces.append(Pace(self.requests_per_minute, "requests", label))
         if self.tokens_per_minute:
             label = f"{self.tokens_per_minute:g} tokens/min ({scope})"
-            self.windows.append(Window(self.tokens_per_minute * scale, self.window, label, "tokens"))
+            self.paces.append(Pace(self.tokens_per_minute, "tokens", label))
 
     def applies(self, call: Call) -> bool:
         return self.model is None or self.model in (call.request.model, call.models[0].name)
@@ -93,54 +89,63 @@ class RateLimitStage(Stage):
         self.max_wait = max_wait
         self._clock = clock
         self._lock = threading.Lock()
-        self._last_slot = 0.0
 
     def add(self, limit: RateLimit) -> None:
         with self._lock:
             self.limits = [x for x in self.limits if x.model != limit.model] + [limit]
 
-    def reserve(self, call: Call) -> float:
-        """Reserve this call's slot; returns how long to wait for it (or raises if > max_wait)."""
-        tokens = call.prompt_tokens + int(call.request.params.get("max_tokens") or 0)
+    def reserve(self, call: Call) -> tuple[list[tuple[Pace, float]], float]:
+        """Book this call's place in the schedule (arrival order); returns its paces with their
+        units and how long to wait. Raises RateLimitExceededError if that is over ``max_wait``."""
+        paces = [p for lim in self.limits if lim.applies(call) for p in lim.paces]
+        if not paces:
+            return [], 0.0
+        tokens = 0.0
+        if any(p.unit == "tokens" for p in paces):  # counting tokens costs: only when limited
+            tokens = float(call.prompt_tokens + int(call.request.params.get("max_tokens") or 0))
+        costs = [(p, 1.0 if p.unit == "requests" else tokens) for p in paces]
         with self._lock:
             now = self._clock()
-            windows = [
-                (w, 1.0 if w.unit == "requests" else float(tokens))
-                for lim in self.limits
-                if lim.applies(call)
-                for w in lim.windows
-            ]
-            if not windows:
-                return 0.0
-            slot = max(now, self._last_slot)  # FIFO: never ahead of an earlier caller
-            # Find a slot that fits every window (a later slot only frees more room).
-            for _ in range(64):
-                later = max(w.earliest(slot, units) for w, units in windows)
-                if later <= slot:
-                    break
-                slot = later
+            slot = max(p.earliest(now) for p in paces)
             wait = slot - now
             if self.max_wait is not None and wait > self.max_wait:
-                tightest = max(windows, key=lambda wu: wu[0].earliest(now, wu[1]))[0]
+                tightest = max(paces, key=lambda p: p.earliest(now))
                 raise RateLimitExceededError(wait, self.max_wait, tightest.label)
-            for window, units in windows:
-                window.record(slot, units)
-            self._last_slot = slot
+            for pace, units in costs:
+                pace.reserve(slot, units)
         if wait > 0:
             call.span.add_event("rate_limit_wait", {"seconds": round(wait, 4)})
             call.span.set_attributes({"mlflow_lite.rate_limit_wait_s": round(wait, 4)})
-        return wait
+        return costs, wait
+
+    def start(self, costs: list[tuple[Pace, float]]) -> float:
+        """Start now if the calls that really started have been paid for; else how much longer.
+        Sleeping threads wake late under load: checking real starts keeps every window honest."""
+        with self._lock:
+            now = self._clock()
+            remaining = max((p.free_at - now for p, _ in costs), default=0.0)
+            if remaining > 0:
+                return remaining
+            for pace, units in costs:
+                pace.start(now, units)
+            return 0.0
 
     def before(self, call: Call) -> Response | None:
-        wait = self.reserve(call)
-        if wait > 0:
-            time.sleep(wait)
+        costs, wait = self.reserve(call)
+        if costs:
+            if wait > 0:
+                time.sleep(wait)
+            while (extra := self.start(costs)) > 0:
+                time.sleep(extra)
         return None
 
     async def abefore(self, call: Call) -> Response | None:
-        wait = self.reserve(call)
-        if wait > 0:
-            await asyncio.sleep(wait)
+        costs, wait = self.reserve(call)
+        if costs:
+            if wait > 0:
+                await asyncio.sleep(wait)
+            while (extra := self.start(costs)) > 0:
+                await asyncio.sleep(extra)
         return None
 
 
