@@ -18,6 +18,7 @@ from .client import (  # noqa: E402
     aquery,
     async_batch,
     batch,
+    budget_status,
     cache_stats,
     clear_cache,
     count_tokens,
@@ -25,6 +26,8 @@ from .client import (  # noqa: E402
     flush_traces,
     get_default_client,
     query,
+    set_alert,
+    set_budget,
     set_cache,
     set_default_client,
     set_experiment,
@@ -49,6 +52,7 @@ from .errors import (  # noqa: E402
     ProviderUnavailableError,
 )
 from .pipeline import Call, Stage  # noqa: E402
+from .budget import BudgetExceededError  # noqa: E402
 from .ratelimit import RateLimitExceededError  # noqa: E402
 from .response import Response, Stream  # noqa: E402
 
@@ -56,6 +60,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError",
+    "BudgetExceededError",
     "Call",
     "Client",
     "MlflowLiteError",
@@ -73,6 +78,7 @@ __all__ = [
     "aquery",
     "async_batch",
     "batch",
+    "budget_status",
     "cache_stats",
     "clear_cache",
     "count_tokens",
@@ -80,6 +86,8 @@ __all__ = [
     "flush_traces",
     "get_default_client",
     "query",
+    "set_alert",
+    "set_budget",
     "set_cache",
     "set_default_client",
     "set_experiment",

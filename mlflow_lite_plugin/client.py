@@ -15,6 +15,7 @@ from .batch import BatchItem, check_concurrency, gather_bounded, item_kwargs, ru
 from .errors import ArgumentError, MlflowLiteError
 from .models import ModelResolver
 from .pipeline import Call, Pipeline, Stage, chat_inputs
+from . import budget as budget_module
 from .pricing import Pricing
 from .ratelimit import RateLimit, RateLimitStage, check_limit
 from .providers import Provider
@@ -225,6 +226,59 @@ class Client:
                 stage.cache.clear()
         self._cache_stats.reset()
 
+    # -- budgets and alerts --
+
+    def set_budget(
+        self,
+        daily_limit: float | None = None,
+        *,
+        monthly_limit: float | None = None,
+        timezone: str = "UTC",
+        scope: str = "global",
+        backend: str = "sqlite",
+        path: str | None = None,
+        url: str | None = None,
+        on_unknown_price: str = "refuse",
+        enabled: bool = True,
+    ) -> None:
+        """Cap spend per day and/or month (USD). The ledger is a SQLite file shared by this host's
+        processes (``path``, default ``~/.mlflow-lite/budget.db``) or Redis (``url``) for several
+        hosts. A call that could exceed the limit raises ``BudgetExceededError`` before the
+        provider is called. ``scope``: "global", "model" or "tag:<name>"."""
+        budget_module.set_budget(
+            self.pipeline,
+            daily_limit,
+            monthly_limit=monthly_limit,
+            timezone=timezone,
+            scope=scope,
+            backend=backend,
+            path=path,
+            url=url,
+            on_unknown_price=on_unknown_price,
+            enabled=enabled,
+        )
+
+    def set_alert(
+        self,
+        threshold: float = 0.8,
+        *,
+        email: str | list[str] | None = None,
+        webhook: str | None = None,
+        callback: Callable[[dict[str, Any]], Any] | None = None,
+        **smtp: Any,
+    ) -> None:
+        """Alert once per period when spend crosses ``threshold`` of the budget: by email (SMTP
+        settings as keywords ``smtp_host``, ``smtp_port``, ``smtp_user``, ``smtp_password``,
+        ``sender``, or ``MLFLOW_LITE_SMTP_*`` env vars), webhook (JSON POST) or callback."""
+        budget_module.set_alert(self.pipeline, threshold, email=email, webhook=webhook, callback=callback, **smtp)
+
+    def budget_status(self, *, model: str | None = None, tag: str | None = None) -> dict[str, Any]:
+        """Spent, reserved, remaining, limit, period and reset time of the current period."""
+        stage = budget_module.budget_stage(self.pipeline)
+        if stage.budget.scope == "model":
+            model = self.models.resolve(self._model(model)).name  # ledger keys are provider-qualified
+        return stage.status(model=model, tag=tag)
+
     # -- rate limits and fallbacks --
 
     def set_rate_limit(
@@ -405,3 +459,6 @@ set_semantic_cache = _one_liner(Client.set_semantic_cache)
 semantic_cache = _one_liner(Client.semantic_cache)
 set_rate_limit = _one_liner(Client.set_rate_limit)
 set_fallbacks = _one_liner(Client.set_fallbacks)
+set_budget = _one_liner(Client.set_budget)
+set_alert = _one_liner(Client.set_alert)
+budget_status = _one_liner(Client.budget_status)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ArgumentError
+from ..sqlite_util import enable_wal
 
 DEFAULT_SQLITE_PATH = "mlflow_lite_cache.db"
 
@@ -78,7 +79,7 @@ class SQLiteBackend:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(db)
             db.execute(
                 "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
                 "expires_at REAL, used_at REAL NOT NULL)"
