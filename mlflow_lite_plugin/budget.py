@@ -606,7 +606,7 @@ class BudgetStage(Stage):
     """
 
     name = "budget"
-    order = 100
+    order = 420  # after the caches (a hit is free even when the budget is spent), before rate limits
 
     def __init__(
         self,

@@ -1,7 +1,11 @@
 """The ordered stages every call goes through.
 
-    estimate -> budget -> rate limit -> exact cache -> semantic cache -> provider
-             -> validation/metrics -> cache store -> cost ledger -> trace
+    exact cache (300) -> semantic cache (400) -> budget reserve (420) -> rate limit (450)
+      -> provider -> validation/metrics -> cache store -> budget settle -> trace
+
+Token and cost estimates are computed lazily by the stages that need them (``Call.prompt_tokens``).
+The caches come first: a hit costs nothing and never reaches the provider, so it is neither
+refused by an exhausted budget nor queued by a rate limit.
 
 A stage is an object with ``order`` (where it sits) and any of four hooks:
 

@@ -147,7 +147,7 @@ def test_settles_with_the_actual_cost(tmp_path):
     seen = {}
 
     class Peek(ml.Stage):
-        name, order = "peek", 200
+        name, order = "peek", 430  # right after the budget stage
 
         def before(self, call):
             seen["reserved"] = stage.ledger.reserved("global", stage.periods()[0][0].key)
@@ -521,3 +521,16 @@ def test_seed_api_helpers(tmp_path):
     assert c.pipeline.get("budget") is None
     with pytest.raises(ml.ArgumentError, match="url"):
         set_budget(c.pipeline, daily_limit=1.0, backend="redis")
+
+
+def test_cache_hits_are_served_when_the_budget_is_spent(tmp_path, stub, openai_kw):
+    """A cached answer costs nothing, so an exhausted budget does not refuse it."""
+    client = ml.Client(model="gpt-4o", tracing=False, **openai_kw)
+    client.set_model_price("gpt-4o", input_per_million=10_000, output_per_million=10_000)
+    client.set_cache(enabled=True)
+    client.set_budget(daily_limit=0.5, path=str(tmp_path / "ledger.db"))
+    first = client.query("cache me", max_tokens=10)
+    with pytest.raises(ml.BudgetExceededError):
+        client.query("something new that would cost more", max_tokens=40)
+    assert client.query("cache me", max_tokens=10).cached == "exact"
+    assert first.cost > 0 and len(stub.requests) == 1
