@@ -125,3 +125,20 @@ def test_async_errors_are_typed(client, stub, openai_kw):
     stub.inject(status=500)
     with pytest.raises(ml.ProviderUnavailableError):
         asyncio.run(client.aquery(model="gpt-4o", prompt="async fail", **openai_kw))
+
+
+def test_500_every_other_call_is_absorbed_by_retries(client, stub, openai_kw):
+    stub.inject(status=500, every=2, times=100)
+    answers = [client.query(model="gpt-4o", prompt=f"flaky {i}", num_retries=1, **openai_kw) for i in range(6)]
+    assert [a.text.rsplit(": ", 1)[1] for a in answers] == [f"flaky {i}" for i in range(6)]
+    # requests: ok, 500+ok, 500+ok, ... every failed attempt was retried once
+    assert len(stub.requests) == 11
+
+
+def test_provider_down_then_fallback_then_clear_error(client, stub, openai_kw):
+    stub.inject(status=503, model="gpt-4o", times=100)  # gpt-4o is down for good
+    r = client.query(model="gpt-4o", prompt="down", num_retries=1, fallbacks=["gpt-4o-mini"], **openai_kw)
+    assert r.model == "openai/gpt-4o-mini"
+    stub.inject(status=503, model="gpt-4o-mini", times=100)
+    with pytest.raises(ml.ProviderUnavailableError, match="gpt-4o-mini.*503"):
+        client.query(model="gpt-4o", prompt="all down", num_retries=1, fallbacks=["gpt-4o-mini"], **openai_kw)

@@ -7,6 +7,7 @@ code runs with no API key and no internet::
         ml.query(model="openai/gpt-4o", prompt="hi", api_base=stub.openai_base, api_key="sk-stub")
         stub.inject(status=429, retry_after=1)           # the next request gets a 429
         stub.inject(delay=5, times=2)                     # the next two are slow
+        stub.inject(status=500, every=2, times=10)        # every other request fails, 10 times
 
 Answers are deterministic: ``"Stub answer from <model>: <last user message>"``; token counts are
 whitespace words, so tests can check the usage LiteLLM reports. Every request is recorded.
@@ -48,8 +49,10 @@ class Fault:
     retry_after: float | None = None  # Retry-After header (with 429/503)
     delay: float = 0.0  # wait this long first (a slow provider; makes client timeouts fire)
     break_stream_after: int | None = None  # streams: drop the connection after N chunks
-    times: int = 1
+    times: int = 1  # how many requests it hits before it is used up
     model: str | None = None  # only requests for this model
+    every: int = 1  # hit every n-th matching request (2: every other call), the rest pass
+    _seen: int = 0
 
 
 @dataclass
@@ -129,6 +132,9 @@ class StubLLMServer:
         with self._lock:
             for fault in self._faults:
                 if fault.model in (None, model):
+                    fault._seen += 1
+                    if fault._seen % fault.every:
+                        return None  # this request passes; the next one is hit
                     fault.times -= 1
                     if fault.times <= 0:
                         self._faults.remove(fault)
