@@ -17,7 +17,7 @@ from .models import ModelResolver
 from .pipeline import Call, Pipeline, Stage, chat_inputs
 from . import budget as budget_module
 from .pricing import Pricing
-from .ratelimit import RateLimit, RateLimitStage, check_limit
+from .ratelimit import LocalSchedule, RateLimit, RateLimitStage, RedisSchedule, check_limit
 from .providers import Provider
 from .request import build_request
 from .response import Response, Stream
@@ -288,20 +288,31 @@ class Client:
         tokens_per_minute: float | None = None,
         model: str | None = None,
         max_wait: float | None = None,
+        backend: str = "memory",
+        url: str | None = None,
     ) -> None:
         """Pace calls so they stay under these limits (per ``model``, or for all models).
 
         Waiting callers start in arrival order; a call that would wait more than ``max_wait``
         seconds raises ``RateLimitExceededError`` instead. Tokens are the prompt plus
-        ``max_tokens``. With neither limit given, the limit for ``model`` is removed.
+        ``max_tokens``. ``backend="redis", url=...`` shares the limit with every process and
+        host using that Redis. With neither limit given, the limit for ``model`` is removed.
         """
         check_limit("requests_per_minute", requests_per_minute)
         check_limit("tokens_per_minute", tokens_per_minute)
         check_limit("max_wait", max_wait)
+        if backend not in ("memory", "redis"):
+            raise ArgumentError("backend", f"must be 'memory' or 'redis', got {backend!r}")
+        if backend == "redis" and not url:
+            raise ArgumentError("url", "backend='redis' needs url='redis://host:port/db'")
         stage = self.pipeline.get(RateLimitStage.name)
         if not isinstance(stage, RateLimitStage):
             stage = RateLimitStage()
             self.pipeline.add(stage)
+        if backend == "redis":
+            stage.schedule = RedisSchedule(url)  # type: ignore[arg-type]
+        elif isinstance(stage.schedule, RedisSchedule):
+            stage.schedule = LocalSchedule()
         stage.max_wait = max_wait
         if requests_per_minute is None and tokens_per_minute is None:
             stage.limits = [x for x in stage.limits if x.model != model]

@@ -10,6 +10,8 @@ import pytest
 
 import mlflow_lite_plugin as ml
 
+from .test_exact_cache import redis_url  # noqa: F401  (the real redis-server fixture)
+
 WINDOW = 1.0  # seconds: limits of N per minute are checked as N/60 per second, to run in seconds
 JITTER = 0.03  # sleep() wakes a little late; a window is checked this much shorter
 
@@ -161,3 +163,64 @@ def test_set_fallbacks(stub, openai_kw):
     assert client.query("fallback by default", model="gpt-4o").model == "openai/gpt-4o-mini"
     with pytest.raises(ml.ArgumentError, match="fallbacks"):
         client.set_fallbacks("gpt-4o-mini")
+
+
+# -- one limit for several processes, through Redis --
+
+
+@pytest.mark.slow
+def test_redis_limit_is_shared_by_processes(redis_url):
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import json, threading, time, mlflow_lite_plugin as ml
+
+        class Admissions(ml.Stage):
+            name, order = "admissions", 460
+            times = []
+            def before(self, call):
+                self.times.append(time.time())  # wall clock: comparable across processes
+
+        ml.Client(model="lite/echo", tracing=False).query("warm up")  # import LiteLLM before the clock
+        client = ml.Client(model="lite/echo", tracing=False)
+        client.set_rate_limit(requests_per_minute=600, backend="redis", url={redis_url!r})
+        stage = Admissions()
+        client.add_stage(stage)
+        time.sleep(max(0.0, START - time.time()))  # all four saturate the limit together
+        for i in range(12):
+            client.query(f"process call {{i}}")
+        print(json.dumps(stage.times))
+        """
+    )
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    code = f"START = {time.time() + 25}\n" + code
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in outputs]
+    times = sorted(t for out, _ in outputs for t in json.loads(out.strip().splitlines()[-1]))
+    assert len(times) == 48
+    assert _max_in_any_window(times) <= 10  # 10/s across all four processes together
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    assert rate == pytest.approx(10 / WINDOW, rel=0.10)
+
+
+def test_redis_max_wait_and_settings(redis_url):
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    client = ml.Client(model="lite/echo", tracing=False)
+    client.set_rate_limit(requests_per_minute=1, backend="redis", url=redis_url, max_wait=0.2)
+    client.query("first")
+    other_replica = ml.Client(model="lite/echo", tracing=False)
+    other_replica.set_rate_limit(requests_per_minute=1, backend="redis", url=redis_url, max_wait=0.2)
+    with pytest.raises(ml.RateLimitExceededError):
+        other_replica.query("second")  # the first replica's call counts here too
+    with pytest.raises(ml.ArgumentError, match="url"):
+        client.set_rate_limit(requests_per_minute=1, backend="redis")
