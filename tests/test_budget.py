@@ -29,21 +29,12 @@ from mlflow_lite_plugin.budget import (
     usd,
 )
 
-from .conftest import get_trace
-from .test_exact_cache import _start_redis
+from .conftest import _start_redis, get_trace
 
 UTC = timezone.utc
 PER_MILLION = 1000.0  # $0.001 per token, in and out: costs are easy to reason about
 ECHO = "lite/echo"  # offline model (no HTTP), priced below so it costs money
 STUB_MODEL = "openai/budget-model"
-
-
-@pytest.fixture(scope="module")
-def budget_redis(tmp_path_factory):
-    url, proc = _start_redis(tmp_path_factory.mktemp("budget-redis"))
-    yield url
-    proc.terminate()
-    proc.wait(10)
 
 
 def _prefix() -> str:
@@ -56,7 +47,7 @@ def ledger_factory(request, tmp_path):
     if request.param == "sqlite":
         path = tmp_path / "ledger.db"
         return lambda **kw: SQLiteLedger(path, **kw)
-    url, prefix = request.getfixturevalue("budget_redis"), _prefix()
+    url, prefix = request.getfixturevalue("redis_url"), _prefix()
     return lambda **kw: RedisLedger(url, prefix=prefix, **kw)
 
 
@@ -336,7 +327,7 @@ def test_four_processes_never_overspend(backend, tmp_path, request):
         where, prefix = str(tmp_path / "shared.db"), ""
         check = SQLiteLedger(where)
     else:
-        where, prefix = request.getfixturevalue("budget_redis"), _prefix()
+        where, prefix = request.getfixturevalue("redis_url"), _prefix()
         check = RedisLedger(where, prefix=prefix)
     barrier = tmp_path / "barrier"
     barrier.mkdir()

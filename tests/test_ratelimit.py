@@ -10,8 +10,6 @@ import pytest
 
 import mlflow_lite_plugin as ml
 
-from .test_exact_cache import redis_url  # noqa: F401  (the real redis-server fixture)
-
 WINDOW = 1.0  # seconds: limits of N per minute are checked as N/60 per second, to run in seconds
 JITTER = 0.03  # sleep() wakes a little late; a window is checked this much shorter
 
