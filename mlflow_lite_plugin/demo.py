@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+import time
+from pathlib import Path
+
 import click
 
 
@@ -59,7 +63,19 @@ def run_demo(model: str = "lite/echo") -> None:
         say("   (pip install 'mlflow-lite-plugin[semantic]' to see the semantic cache here too)")
     say(f"   cache_stats: {ml.cache_stats()}")
 
-    say(click.style("6. traces", bold=True))
+    say(click.style("6. budget and rate limit", bold=True))
+    ledger = Path(tempfile.mkdtemp(prefix="mlflow-lite-demo-")) / "budget.db"
+    ml.set_budget(daily_limit=1.0, path=str(ledger))  # the offline model is free: nothing is spent
+    ml.set_rate_limit(requests_per_minute=600)  # 10 calls/s, paced evenly
+    started = time.perf_counter()
+    ml.batch([f"paced {i}" for i in range(10)], model=model, cache=False)
+    status = ml.budget_status()
+    say(f"   10 calls at 600/min took {time.perf_counter() - started:.2f} s; budget: ${status['spent']:.2f} spent "
+        f"of ${status['limit']:.2f}, resets {status['resets_at']}")
+    ml.set_rate_limit()  # remove the limit
+    ml.set_budget(enabled=False)
+
+    say(click.style("7. traces", bold=True))
     ml.flush_traces()
     import mlflow
 
