@@ -12,6 +12,10 @@ from .errors import ArgumentError
 # Keywords that are ours, not LiteLLM's: they shape the pipeline and are never sent to a provider.
 PIPELINE_KEYWORDS = frozenset({"num_retries", "fallbacks", "tags", "provider_params", "namespace", "cache"})
 
+# Transient errors (429, 5xx, timeouts) are retried twice by default, as the OpenAI SDK does
+# underneath LiteLLM; ours are visible (one span each) and that SDK retry is switched off.
+DEFAULT_NUM_RETRIES = 2
+
 # Provider-specific keywords LiteLLM forwards that are in none of its own lists.
 _PROVIDER_EXTRAS = frozenset(
     {"top_k", "extra_body", "extra_query", "keep_alive", "safety_settings", "format", "mirostat"}
@@ -38,7 +42,7 @@ class Request:
     model: str
     messages: list[dict[str, Any]]
     params: dict[str, Any] = field(default_factory=dict)
-    num_retries: int = 0
+    num_retries: int = DEFAULT_NUM_RETRIES
     fallbacks: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
     stream: bool = False
@@ -120,7 +124,9 @@ def build_request(
     if "stream" in merged:
         raise ArgumentError("stream", "use ml.stream(...) for streaming instead of stream=")
 
-    num_retries = merged.pop("num_retries", 0) or 0
+    num_retries = merged.pop("num_retries", DEFAULT_NUM_RETRIES)
+    if num_retries is None:
+        num_retries = DEFAULT_NUM_RETRIES
     if not isinstance(num_retries, int) or isinstance(num_retries, bool) or num_retries < 0:
         raise ArgumentError("num_retries", f"must be an int >= 0, got {num_retries!r}")
     fallbacks = merged.pop("fallbacks", None) or ()

@@ -52,7 +52,7 @@ def test_provider_params_escape_hatch(client, stub, openai_kw):
 def test_provider_error_keeps_message_status_and_trace(client, stub, openai_kw):
     stub.inject(status=500)
     with pytest.raises(ml.ProviderUnavailableError) as info:
-        client.query(model="gpt-4o", prompt="fail please", **openai_kw)
+        client.query(model="gpt-4o", prompt="fail please", num_retries=0, **openai_kw)
     error = info.value
     assert isinstance(error, ml.ProviderError) and error.transient
     assert error.status_code == 500
@@ -101,13 +101,13 @@ def test_timeout_raises_typed_error(client, stub, openai_kw):
     stub.inject(delay=3)
     started = time.perf_counter()
     with pytest.raises(ml.ProviderTimeoutError):
-        client.query(model="gpt-4o", prompt="slow", timeout=0.5, **openai_kw)
+        client.query(model="gpt-4o", prompt="slow", timeout=0.5, num_retries=0, **openai_kw)
     assert time.perf_counter() - started < 2.5
 
 
 def test_fallback_answers_when_primary_fails(client, stub, openai_kw):
     stub.inject(status=500, model="gpt-4o")
-    r = client.query(model="gpt-4o", prompt="fall back", fallbacks=["gpt-4o-mini"], **openai_kw)
+    r = client.query(model="gpt-4o", prompt="fall back", fallbacks=["gpt-4o-mini"], num_retries=0, **openai_kw)
     assert r.model == "openai/gpt-4o-mini"
     assert [q.body["model"] for q in stub.requests] == ["gpt-4o", "gpt-4o-mini"]
     names = [s.name for s in get_trace(r.trace_id).data.spans]
@@ -124,7 +124,7 @@ def test_async_errors_are_typed(client, stub, openai_kw):
 
     stub.inject(status=500)
     with pytest.raises(ml.ProviderUnavailableError):
-        asyncio.run(client.aquery(model="gpt-4o", prompt="async fail", **openai_kw))
+        asyncio.run(client.aquery(model="gpt-4o", prompt="async fail", num_retries=0, **openai_kw))
 
 
 def test_500_every_other_call_is_absorbed_by_retries(client, stub, openai_kw):
@@ -142,3 +142,13 @@ def test_provider_down_then_fallback_then_clear_error(client, stub, openai_kw):
     stub.inject(status=503, model="gpt-4o-mini", times=100)
     with pytest.raises(ml.ProviderUnavailableError, match="gpt-4o-mini.*503"):
         client.query(model="gpt-4o", prompt="all down", num_retries=1, fallbacks=["gpt-4o-mini"], **openai_kw)
+
+
+def test_transient_errors_are_retried_twice_by_default(client, stub, openai_kw):
+    """Like the OpenAI SDK underneath LiteLLM, but every attempt is visible on the trace."""
+    stub.inject(status=503)
+    r = client.query(model="gpt-4o", prompt="one hiccup", **openai_kw)
+    assert r.text.endswith("one hiccup") and len(stub.requests) == 2
+    assert [s.status.status_code.value for s in get_trace(r.trace_id).data.spans[1:]] == ["ERROR", "OK"]
+    stub.inject(status=503, times=2)
+    assert client.query(model="gpt-4o", prompt="two hiccups", **openai_kw).text.endswith("two hiccups")

@@ -76,7 +76,7 @@ def test_a_stage_can_refuse_and_clean_up(client, stub, openai_kw):
         client.query(model="gpt-4o", prompt="forbidden thing", **openai_kw)
     stub.inject(status=500)
     with pytest.raises(ml.ProviderError):
-        client.query(model="gpt-4o", prompt="allowed but provider fails", **openai_kw)
+        client.query(model="gpt-4o", prompt="allowed but provider fails", num_retries=0, **openai_kw)
     assert refuser.released == 2
     assert len(stub.requests) == 1
 
