@@ -2,7 +2,7 @@
 
     import mlflow_lite_plugin as ml
     r = ml.query(model="gpt-4o", prompt="How do I reset my password?")
-    print(r.text, r.usage, r.cost, r.latency, r.trace_id)
+    r.text, r.usage, r.cost, r.latency, r.trace_id
 
 Importing this package is fast: LiteLLM and MLflow are imported on first use.
 """
