@@ -83,11 +83,6 @@ class Call:
         """USD of every answered attempt of this call so far (unknown prices count as 0)."""
         return sum(cost or 0.0 for cost in self.attempt_costs)
 
-    def estimate_cost(self, completion_tokens: int = 0) -> float | None:
-        """USD estimate for the primary model: the prompt plus ``completion_tokens`` of output."""
-        price = self.pricing.price(self.models[0])
-        return None if price is None else price.cost(self.prompt_tokens, completion_tokens)
-
 
 def replay_chunks(text: str) -> Iterator[str]:
     """Stream a finished answer (a cache hit) as word chunks."""

@@ -123,7 +123,8 @@ class ExactCacheStage(CacheStage):
         return self.hit(call, entry, key=key[:16])
 
     def store(self, call: Call, response: Response) -> None:
-        self.guarded("store", self.backend.set, call.state["exact_key"], to_entry(response), self.ttl)
+        if "exact_key" in call.state:  # the lookup ran (a stage before it may have answered)
+            self.guarded("store", self.backend.set, call.state["exact_key"], to_entry(response), self.ttl)
 
 
 class SemanticCacheStage(CacheStage):
