@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from .errors import ArgumentError
+from .errors import ArgumentError, check_number
 
 if TYPE_CHECKING:
     from .budget import Ledger, Period
@@ -95,8 +95,9 @@ class Alert:
             parsed = urllib.parse.urlparse(self.webhook) if isinstance(self.webhook, str) else None
             if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
                 raise ArgumentError("webhook", f"must be an http(s) URL, got {self.webhook!r}")
-        if not isinstance(self.timeout, (int, float)) or isinstance(self.timeout, bool) or self.timeout <= 0:
-            raise ArgumentError("timeout", f"must be a positive number of seconds, got {self.timeout!r}")
+        if self.timeout is None:
+            raise ArgumentError("timeout", "is required (seconds)")
+        check_number("timeout", self.timeout, unit="seconds")
         if self.email is not None:
             self._configure_email()
 

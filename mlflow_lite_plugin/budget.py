@@ -40,7 +40,6 @@ seconds (15 minutes by default); a settle that arrives later still records the c
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import sqlite3
@@ -54,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .sqlite_util import enable_wal
-from .errors import ArgumentError, MlflowLiteError, TracedError
+from .errors import ArgumentError, MlflowLiteError, TracedError, check_number
 from .pipeline import Call, Stage
 
 if TYPE_CHECKING:
@@ -148,11 +147,7 @@ class Budget:
 
     def __post_init__(self) -> None:
         for name in ("daily_limit", "monthly_limit"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-                raise ArgumentError(name, f"must be a positive number of USD, got {value!r}")
+            check_number(name, getattr(self, name), unit="USD")
         if self.daily_limit is None and self.monthly_limit is None:
             raise ArgumentError("daily_limit", "give daily_limit= and/or monthly_limit= (USD)")
         if not isinstance(self.timezone, str):
@@ -258,8 +253,9 @@ class _LedgerBase:
 
     @staticmethod
     def _check_amount(amount: float) -> float:
-        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not math.isfinite(amount) or amount < 0:
-            raise ArgumentError("amount", f"must be a finite number of USD >= 0, got {amount!r}")
+        if amount is None:
+            raise ArgumentError("amount", "is required (USD)")
+        check_number("amount", amount, allow_zero=True, unit="USD")
         return float(amount)
 
 

@@ -12,12 +12,12 @@ from .cache.backends import make_backend
 from .cache.stage import ExactCacheStage, SemanticCacheStage
 from .cache.stats import CacheStats
 from .batch import BatchItem, check_concurrency, gather_bounded, item_kwargs, run_sync
-from .errors import ArgumentError, MlflowLiteError
+from .errors import ArgumentError, MlflowLiteError, check_number
 from .models import ModelResolver
 from .pipeline import Call, Pipeline, Stage, chat_inputs
 from . import budget as budget_module
 from .pricing import Pricing
-from .ratelimit import LocalSchedule, RateLimit, RateLimitStage, RedisSchedule, check_limit
+from .ratelimit import LocalSchedule, RateLimit, RateLimitStage, RedisSchedule
 from .providers import Provider
 from .request import build_request
 from .response import Response, Stream
@@ -298,9 +298,9 @@ class Client:
         ``max_tokens``. ``backend="redis", url=...`` shares the limit with every process and
         host using that Redis. With neither limit given, the limit for ``model`` is removed.
         """
-        check_limit("requests_per_minute", requests_per_minute)
-        check_limit("tokens_per_minute", tokens_per_minute)
-        check_limit("max_wait", max_wait)
+        check_number("requests_per_minute", requests_per_minute)
+        check_number("tokens_per_minute", tokens_per_minute)
+        check_number("max_wait", max_wait, unit="seconds")
         if backend not in ("memory", "redis"):
             raise ArgumentError("backend", f"must be 'memory' or 'redis', got {backend!r}")
         if backend == "redis" and not url:
@@ -416,17 +416,10 @@ def set_default_client(client: Client) -> None:
     _default = client
 
 
-def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
-        raise ArgumentError(name, f"must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
-
-
 def _check_cache_rules(ttl: Any, max_entries: Any, max_temperature: Any) -> None:
-    _check_positive("ttl", ttl)
-    _check_positive("max_entries", max_entries)
-    _check_positive("max_temperature", max_temperature, allow_zero=True)
+    check_number("ttl", ttl, unit="seconds")
+    check_number("max_entries", max_entries)
+    check_number("max_temperature", max_temperature, allow_zero=True)
 
 
 def _one_liner(method: F) -> F:

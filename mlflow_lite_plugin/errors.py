@@ -7,6 +7,7 @@ message, status code and the MLflow trace id of the failed call.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +24,17 @@ class ArgumentError(MlflowLiteError, ValueError):
     def __init__(self, argument: str, message: str):
         super().__init__(f"{argument}: {message}")
         self.argument = argument
+
+
+def check_number(name: str, value: Any, *, allow_zero: bool = False, unit: str = "") -> None:
+    """Raise ArgumentError unless ``value`` is None or a finite real number > 0 (>= 0 with
+    ``allow_zero``); booleans are not numbers here."""
+    if value is None:
+        return
+    real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not real or value < 0 or (value == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ArgumentError(name, f"must be a {kind} number{' of ' + unit if unit else ''}, got {value!r}")
 
 
 class TracedError(MlflowLiteError):

@@ -233,8 +233,3 @@ class RateLimitStage(Stage):
             while (extra := self.schedule.start(costs)) > 0:
                 await asyncio.sleep(extra)
         return None
-
-
-def check_limit(name: str, value: float | None) -> None:
-    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-        raise ArgumentError(name, f"must be a positive number, got {value!r}")

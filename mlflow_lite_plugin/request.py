@@ -7,7 +7,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .errors import ArgumentError
+from .errors import ArgumentError, check_number
 
 # Keywords that are ours, not LiteLLM's: they shape the pipeline and are never sent to a provider.
 PIPELINE_KEYWORDS = frozenset({"num_retries", "fallbacks", "tags", "provider_params", "namespace", "cache"})
@@ -144,9 +144,7 @@ def build_request(
     provider_params = merged.pop("provider_params", None) or {}
     if not isinstance(provider_params, Mapping):
         raise ArgumentError("provider_params", f"must be a dict, got {provider_params!r}")
-    timeout = merged.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ArgumentError("timeout", f"must be a positive number of seconds, got {timeout!r}")
+    check_number("timeout", merged.get("timeout"), unit="seconds")
 
     return Request(
         model=model.strip(),
