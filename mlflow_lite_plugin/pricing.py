@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .errors import ArgumentError
+from .errors import ArgumentError, check_number
 from .models import OFFLINE_PROVIDER, ModelRef, litellm_module
 
 _logger = logging.getLogger(__name__)
@@ -43,8 +43,9 @@ class Pricing:
 
     def set_price(self, model: ModelRef, input_per_million: float, output_per_million: float) -> None:
         for name, value in (("input_per_million", input_per_million), ("output_per_million", output_per_million)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ArgumentError(name, f"must be a number >= 0 (USD per million tokens), got {value!r}")
+            if value is None:
+                raise ArgumentError(name, "is required (USD per million tokens)")
+            check_number(name, value, allow_zero=True, unit="USD per million tokens")
         price = Price(input_per_million / 1e6, output_per_million / 1e6)
         with self._lock:
             self._overrides[model.name] = price
@@ -68,19 +69,29 @@ class Pricing:
             return None
         return Price(float(input_cost), float(output_cost))
 
-    def cost(self, model: ModelRef, prompt_tokens: int, completion_tokens: int, raw: Any = None) -> float | None:
-        """USD for a call. With the provider's ``raw`` response LiteLLM's own accounting is used
-        (cached and reasoning tokens, tiers); otherwise tokens times the per-token price."""
+    def breakdown(
+        self, model: ModelRef, prompt_tokens: int, completion_tokens: int, raw: Any = None
+    ) -> dict[str, float] | None:
+        """USD of a call as MLflow's ``mlflow.llm.cost`` wants it (input, output, total), or None
+        when the price is unknown. With the provider's ``raw`` response LiteLLM's own accounting
+        gives the total (cached and reasoning tokens, tiers); otherwise tokens times the price."""
         price = self.price(model)
         if price is None:
             return None
+        total = price.cost(prompt_tokens, completion_tokens)
         overridden = model.name in self._overrides or model.requested in self._overrides
         if raw is not None and price is not FREE and not overridden:
             try:
-                return float(litellm_module().completion_cost(completion_response=raw, model=model.name))
+                total = float(litellm_module().completion_cost(completion_response=raw, model=model.name))
             except Exception:
-                pass  # the per-token price below is close enough
-        return price.cost(prompt_tokens, completion_tokens)
+                pass  # the per-token price is close enough
+        input_cost = prompt_tokens * price.input
+        return {"input_cost": input_cost, "output_cost": total - input_cost, "total_cost": total}
+
+    def cost(self, model: ModelRef, prompt_tokens: int, completion_tokens: int, raw: Any = None) -> float | None:
+        """USD for a call (see :meth:`breakdown`), or None when the price is unknown."""
+        parts = self.breakdown(model, prompt_tokens, completion_tokens, raw)
+        return None if parts is None else parts["total_cost"]
 
     def count_tokens(self, model: ModelRef, text: str | Sequence[dict[str, Any]]) -> int:
         """Tokens of a text or a message list with the model's tokenizer (bundled, offline)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generator, Iterator
 
 from . import tracing
 from .errors import ProviderError, from_provider_exception
-from .models import ModelRef, litellm_module
+from .models import litellm_module
 from .pipeline import chat_inputs
 from .response import Response, usage_dict
 from .retry import Attempt, AttemptPlan
@@ -131,7 +131,8 @@ class Provider:
             completion_tokens = call.pricing.count_tokens(attempt.model, text)
         # A streamed answer is priced from the usage the provider sent, not the assembled body.
         priced = None if call.request.stream else raw
-        cost = call.pricing.cost(attempt.model, prompt_tokens, completion_tokens, priced)
+        breakdown = call.pricing.breakdown(attempt.model, prompt_tokens, completion_tokens, priced)
+        cost = None if breakdown is None else breakdown["total_cost"]
         call.attempt_costs.append(cost)
         response = Response(
             text=text,
@@ -152,20 +153,11 @@ class Provider:
             },
             "mlflow_lite.cost_known": cost is not None,
         }
-        breakdown = self._cost_breakdown(call, attempt.model, response)
         if breakdown is not None:  # unknown: left unset (MLflow's store rejects a null cost)
             attributes[tracing.LLM_COST] = breakdown
         span.set_attributes(attributes)
         span.end(outputs=_dump(raw))
         return response
-
-    @staticmethod
-    def _cost_breakdown(call: Call, model: ModelRef, response: Response) -> dict[str, float] | None:
-        price = call.pricing.price(model) if response.cost is not None else None
-        if price is None or response.cost is None:
-            return None
-        input_cost = response.prompt_tokens * price.input
-        return {"input_cost": input_cost, "output_cost": response.cost - input_cost, "total_cost": response.cost}
 
     def _relay(
         self,
