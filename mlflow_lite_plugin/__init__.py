@@ -15,6 +15,11 @@ _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from .client import (  # noqa: E402
     Client,
+    add_metric,
+    list_metrics,
+    query_with_template,
+    remove_metric,
+    stream_validated,
     aquery,
     async_batch,
     batch,
@@ -50,7 +55,11 @@ from .errors import (  # noqa: E402
     ProviderRateLimitError,
     ProviderTimeoutError,
     ProviderUnavailableError,
+    ValidationError,
 )
+from .metrics import MetricResult  # noqa: E402
+from .templates import list_templates, register_template  # noqa: E402
+from .validation import ValidationResult  # noqa: E402
 from .pipeline import Call, Stage  # noqa: E402
 from .budget import BudgetExceededError  # noqa: E402
 from .ratelimit import RateLimitExceededError  # noqa: E402
@@ -59,6 +68,16 @@ from .response import Response, Stream  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "MetricResult",
+    "ValidationError",
+    "ValidationResult",
+    "add_metric",
+    "list_metrics",
+    "list_templates",
+    "query_with_template",
+    "register_template",
+    "remove_metric",
+    "stream_validated",
     "ArgumentError",
     "BudgetExceededError",
     "Call",

@@ -559,6 +559,10 @@ def _utc_now() -> datetime:
     return datetime.now(dt_timezone.utc)
 
 
+# Upper bound of the tokens a re-ask adds besides the previous answer (the list of its errors).
+REASK_PROMPT_TOKENS = 512
+
+
 def _max_output_tokens(call: Call, model: ModelRef) -> int:
     params = call.request.params
     for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
@@ -667,7 +671,11 @@ class BudgetStage(Stage):
             if price is None:
                 unpriced.append(model.name)
                 continue
-            costs.append(price.cost(call.prompt_tokens, _max_output_tokens(call, model)))
+            out = _max_output_tokens(call, model)
+            # Each re-ask after a failed validation resends the conversation so far: the last
+            # answer and the list of its errors are added to the prompt.
+            grown = (call.prompt_tokens + k * (out + REASK_PROMPT_TOKENS) for k in range(call.request.max_answers))
+            costs.append(sum(price.cost(prompt, out) for prompt in grown))
         return (max(costs) if costs else 0.0), unpriced
 
     # -- hooks --

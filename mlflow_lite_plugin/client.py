@@ -13,6 +13,7 @@ from .cache.stage import ExactCacheStage, SemanticCacheStage
 from .cache.stats import CacheStats
 from .batch import BatchItem, check_concurrency, gather_bounded, item_kwargs, run_sync
 from .errors import ArgumentError, MlflowLiteError, check_number
+from .metrics import Metrics, MetricsStage
 from .models import ModelResolver
 from .pipeline import Call, Pipeline, Stage, chat_inputs
 from . import budget as budget_module
@@ -21,6 +22,7 @@ from .ratelimit import LocalSchedule, RateLimit, RateLimitStage, RedisSchedule
 from .providers import Provider
 from .request import build_request
 from .response import Response, Stream
+from .validation_stage import ValidationStage
 
 if TYPE_CHECKING:
     from .cache.semantic import SemanticCache
@@ -50,7 +52,8 @@ class Client:
         self.models = ModelResolver(aliases)
         self.pricing = Pricing()
         self.tracer = tracing_module.Tracer(enabled=tracing, experiment=experiment)
-        self.pipeline = Pipeline(Provider())
+        self.metrics = Metrics()
+        self.pipeline = Pipeline(Provider(), [ValidationStage(), MetricsStage(self.metrics)])
         self._cache_stats = CacheStats()
 
     # -- calls --
@@ -91,6 +94,62 @@ class Client:
         """Stream the answer as ``str`` chunks; ``.response`` holds the full Response afterwards."""
         call = self._call("stream", prompt, model, messages, system, kwargs, stream=True)
         return Stream(self.pipeline.stream(call), on_close=lambda: self.pipeline.close_stream(call))
+
+    def stream_validated(
+        self,
+        prompt: str | None = None,
+        *,
+        model: str | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        system: str | None = None,
+        schema: Mapping[str, Any] | None = None,
+        validate: Any = None,
+        **kwargs: Any,
+    ) -> Stream:
+        """Stream an answer that is checked as it arrives: JSON against ``schema`` (and any other
+        ``validate=`` rules). A violation that is already certain (broken syntax, a wrong type, a
+        key the schema forbids, a forbidden word, too long) stops the stream and raises
+        :class:`ValidationError` with how much was read; the whole answer is checked at the end."""
+        if schema is None and validate is None:
+            raise ArgumentError("schema", "stream_validated needs schema= (a JSON Schema) or validate= rules")
+        rules = merge_rules({"schema": schema} if schema is not None else None, validate)
+        return self.stream(prompt, model=model, messages=messages, system=system, validate=rules, **kwargs)
+
+    def query_with_template(self, template: Any, *, version: str | int | None = None, **kwargs: Any) -> Response:
+        """Ask a model with a prompt template: a built-in (``summarize``, ``classify``, ``extract``,
+        ``translate``, ``qa``, ``sentiment``, ``rewrite``) or one from MLflow's Prompt Registry
+        (``"name"``, ``"name@alias"``, ``"name/3"``, ``version=``). Template variables are given as
+        keywords (``input=...``, ``labels=[...]``); every ``query`` keyword works too. The
+        template's default validation applies unless ``validate=`` overrides it (``False`` turns
+        it off). Traced with the template's name and version."""
+        from . import templates
+
+        chosen = templates.resolve_template(template, version)
+        variables, query_kwargs = templates.split_kwargs(chosen, kwargs)
+        prepared = chosen.render(variables)
+        query_kwargs["validate"] = merge_rules(prepared.validate, query_kwargs.get("validate"))
+        model = query_kwargs.pop("model", None)
+        system = query_kwargs.pop("system", None)
+        call = self._call(
+            "query", None, model, prepared.messages, system, query_kwargs, labels=prepared.trace_attributes
+        )
+        return self.pipeline.run(call)
+
+    # -- custom metrics --
+
+    def add_metric(self, name: str, fn: Callable[..., Any], *, description: str | None = None) -> None:
+        """Score every answer with ``fn(text)`` (or ``fn(text, response)``): a bool, number, str
+        or ``(value, rationale)``. Results are on ``r.metrics`` and logged to the trace as MLflow
+        feedback; a metric that raises is recorded as an error and the call still succeeds."""
+        self.metrics.add(name, fn, description=description)
+
+    def remove_metric(self, name: str) -> None:
+        """Stop scoring answers with metric ``name``."""
+        self.metrics.remove(name)
+
+    def list_metrics(self) -> list[str]:
+        """Names of the metrics every answer is scored with."""
+        return self.metrics.names()
 
     def batch(
         self,
@@ -373,7 +432,9 @@ class Client:
         system: str | None,
         kwargs: Mapping[str, Any],
         stream: bool = False,
+        labels: Mapping[str, str] | None = None,
     ) -> Call:
+        """Build the request and open the root span; ``labels`` go on the span and trace tags."""
         request = build_request(
             model=model or self.model,
             prompt=prompt,
@@ -387,9 +448,9 @@ class Client:
         span = self.tracer.start(
             f"mlflow_lite.{kind}",
             tracing_module.CHAT_MODEL,
-            inputs=chat_inputs(request, request.model),
-            attributes={"mlflow_lite.requested_model": request.model, "mlflow_lite.kind": kind},
-            tags={"mlflow_lite.model": request.model, **request.tags},
+            inputs=chat_inputs(request.messages, request.model),
+            attributes={"mlflow_lite.requested_model": request.model, "mlflow_lite.kind": kind, **(labels or {})},
+            tags={"mlflow_lite.model": request.model, **(labels or {}), **request.tags},
         )
         return Call(request=request, models=models, span=span, pricing=self.pricing)
 
@@ -414,6 +475,22 @@ def set_default_client(client: Client) -> None:
     if not isinstance(client, Client):
         raise ArgumentError("client", f"must be an ml.Client, got {type(client).__name__}")
     _default = client
+
+
+def merge_rules(default: Any, given: Any) -> Any:
+    """Validation rules of a call: ``given`` on top of ``default`` (a template's or a schema);
+    ``given=False`` turns validation off."""
+    if given is False:
+        return None
+    if default is None or given is None:
+        return default if given is None else given
+    if isinstance(default, Mapping) and isinstance(given, Mapping):
+        return {**default, **given}
+    return _as_list(default) + _as_list(given)
+
+
+def _as_list(spec: Any) -> list[Any]:
+    return list(spec) if isinstance(spec, list) else [spec]
 
 
 def _check_cache_rules(ttl: Any, max_entries: Any, max_temperature: Any) -> None:
@@ -466,3 +543,8 @@ set_fallbacks = _one_liner(Client.set_fallbacks)
 set_budget = _one_liner(Client.set_budget)
 set_alert = _one_liner(Client.set_alert)
 budget_status = _one_liner(Client.budget_status)
+stream_validated = _one_liner(Client.stream_validated)
+query_with_template = _one_liner(Client.query_with_template)
+add_metric = _one_liner(Client.add_metric)
+remove_metric = _one_liner(Client.remove_metric)
+list_metrics = _one_liner(Client.list_metrics)

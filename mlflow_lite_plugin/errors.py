@@ -11,6 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .response import Response
     from .tracing import TraceRef
 
 
@@ -95,6 +96,28 @@ class ProviderAuthError(ProviderError):
 
 class ProviderBadRequestError(ProviderError):
     """4xx other than auth and rate limits: the request itself is wrong. Never retried."""
+
+
+class ValidationError(TracedError):
+    """The answer failed validation (``on_fail="raise"``, or ``"retry"`` with every attempt spent).
+
+    ``response`` is the answer that failed (``response.validation`` lists its errors); for a stream
+    stopped early, ``read`` is how many characters of the answer arrived before it stopped and
+    ``path`` the JSON path of the violation, if any.
+    """
+
+    def __init__(self, response: Response, *, read: int | None = None, path: str | None = None):
+        validation = response.validation
+        errors = list(getattr(validation, "errors", []) or [])
+        attempts = getattr(validation, "attempts", 1)
+        where = f" after {read} characters of the stream" if read is not None else ""
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(f"The answer failed validation{tries}{where}: " + "; ".join(errors))
+        self.response = response
+        self.validation = validation
+        self.errors = errors
+        self.read = read
+        self.path = path
 
 
 def _status_class(status: int | None) -> type[ProviderError]:

@@ -7,7 +7,7 @@ Token and cost estimates are computed lazily by the stages that need them (``Cal
 The caches come first: a hit costs nothing and never reaches the provider, so it is neither
 refused by an exhausted budget nor queued by a rate limit.
 
-A stage is an object with ``order`` (where it sits) and any of four hooks:
+A stage is an object with ``order`` (where it sits) and any of these hooks:
 
 - ``before(call)``: runs in order before the provider. Returning a :class:`Response` answers the
   call without the provider (a cache hit); raising refuses it (a budget). ``abefore`` is the
@@ -17,6 +17,12 @@ A stage is an object with ``order`` (where it sits) and any of four hooks:
   (like an onion): the stage that looked first stores last, so validation sees an answer before
   the caches store it, and the ledger settles after both.
 - ``on_error(call, error)``: runs when the call fails, to release what ``before`` took.
+- ``reask(call, response)``: after each provider answer; returning True asks the provider again
+  (the stage has added follow-up messages to ``call.followups``): validation's ``on_fail="retry"``.
+- ``on_chunk(call, chunk)``: each streamed chunk, before the caller gets it; raising
+  :class:`StopStream` ends the stream there (streaming validation).
+- ``reject(call, response)``: once the answer is complete and paid for, may return an error to
+  raise instead of returning it (validation's ``on_fail="raise"``).
 
 New stages plug in with ``Pipeline.add(stage)`` without touching the others. The provider call
 itself (retries, fallbacks, one span per attempt) is the terminal, in ``providers.py``.
@@ -58,6 +64,24 @@ class Stage:
     def on_error(self, call: Call, error: BaseException) -> None:
         pass
 
+    def reask(self, call: Call, response: Response) -> bool:
+        return False
+
+    def on_chunk(self, call: Call, chunk: str) -> None:
+        pass
+
+    def reject(self, call: Call, response: Response) -> BaseException | None:
+        return None
+
+
+class StopStream(Exception):
+    """Raised by ``Stage.on_chunk`` to end a stream at this chunk; ``attributes`` go on the trace."""
+
+    def __init__(self, reason: str, attributes: dict[str, Any] | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.attributes = attributes or {}
+
 
 @dataclass
 class Call:
@@ -72,6 +96,13 @@ class Call:
     parts: list[str] = field(default_factory=list)  # streamed text so far
     first_token_at: float | None = None
     attempt_costs: list[float | None] = field(default_factory=list)  # USD of each answered attempt
+    followups: list[dict[str, Any]] = field(default_factory=list)  # messages added to re-ask the model
+    reasks: int = 0
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """What the provider is sent: the request's messages, then any re-ask follow-ups."""
+        return self.request.messages + self.followups if self.followups else self.request.messages
 
     @functools.cached_property
     def prompt_tokens(self) -> int:
@@ -113,7 +144,7 @@ class Pipeline:
 
     def run(self, call: Call) -> Response:
         try:
-            response = self._before(call) or self.provider.complete(call)
+            response = self._before(call) or self._answer(call)
             self._after(call, response)
         except BaseException as error:
             self._fail(call, error)
@@ -127,7 +158,7 @@ class Pipeline:
                 response = await stage.abefore(call)
                 if response is not None:
                     break
-            response = response or await self.provider.acomplete(call)
+            response = response or await self._aanswer(call)
             self._after(call, response)
         except BaseException as error:
             self._fail(call, error)
@@ -137,24 +168,69 @@ class Pipeline:
     def stream(self, call: Call) -> Generator[str, None, Response]:
         try:
             response = self._before(call)
+            source = self._replay(call, response) if response is not None else self.provider.stream(call)
+            response = yield from self._relay(call, source)
             if response is not None:
-                for chunk in replay_chunks(response.text):
-                    if call.first_token_at is None:
-                        call.first_token_at = time.perf_counter()
-                    call.parts.append(chunk)
-                    yield chunk
-            else:
-                response = yield from self.provider.stream(call)
-            self._after(call, response)
+                self._after(call, response)
         except GeneratorExit:
             self.close_stream(call)
             raise
         except BaseException as error:
             self._fail(call, error)
             raise
+        if response is None:  # a stage stopped the stream
+            partial = self.close_stream(call)
+            if "rejection" in call.state:
+                raise call.state["rejection"]
+            return partial
         return self._finish(call, response)
 
     # -- shared steps --
+
+    def _answer(self, call: Call) -> Response:
+        response = self.provider.complete(call)
+        while self._reask(call, response):
+            response = self.provider.complete(call)
+        return response
+
+    async def _aanswer(self, call: Call) -> Response:
+        response = await self.provider.acomplete(call)
+        while self._reask(call, response):
+            response = await self.provider.acomplete(call)
+        return response
+
+    def _reask(self, call: Call, response: Response) -> bool:
+        for stage in self.stages:
+            if stage.reask(call, response):
+                call.reasks += 1
+                return True
+        return False
+
+    def _replay(self, call: Call, response: Response) -> Generator[str, None, Response]:
+        """A cache hit, streamed as word chunks."""
+        for chunk in replay_chunks(response.text):
+            if call.first_token_at is None:
+                call.first_token_at = time.perf_counter()
+            call.parts.append(chunk)
+            yield chunk
+        return response
+
+    def _relay(self, call: Call, source: Generator[str, None, Response]) -> Generator[str, None, Response | None]:
+        """Pass chunks through every stage's ``on_chunk``; None when a stage stopped the stream."""
+        while True:
+            try:
+                chunk = next(source)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            try:
+                for stage in self.stages:
+                    stage.on_chunk(call, chunk)
+            except StopStream as stop:
+                source.close()  # closes the provider's connection, ends its span
+                call.span.add_event("stream_stopped", {"reason": stop.reason, **stop.attributes})
+                call.span.set_attributes(stop.attributes)
+                return None
+            yield chunk
 
     def _before(self, call: Call) -> Response | None:
         for stage in self.stages:
@@ -179,6 +255,7 @@ class Pipeline:
         call.span.end(error=error)
 
     def _finish(self, call: Call, response: Response, stopped_early: bool = False) -> Response:
+        """Close the trace; raise instead of returning if a stage rejects the (paid) answer."""
         response.latency = time.perf_counter() - call.started
         if call.first_token_at is not None:
             response.time_to_first_token = call.first_token_at - call.started
@@ -197,19 +274,30 @@ class Pipeline:
                 "mlflow_lite.stopped_early": stopped_early,
             }
         )
-        call.span.end(outputs=chat_outputs(response))
+        rejection = next((e for e in (s.reject(call, response) for s in self.stages) if e is not None), None)
+        if rejection is not None:
+            if hasattr(rejection, "_trace"):
+                rejection._trace = call.span.trace_ref
+            call.span.set_attributes({"mlflow_lite.error": f"{type(rejection).__name__}: {rejection}"})
+        call.span.end(outputs=chat_outputs(response), error=rejection)
+        if rejection is not None:
+            raise rejection
         return response
 
     def close_stream(self, call: Call) -> Response:
-        """Finish the trace of a stream the caller stopped reading (once); return what it got."""
+        """Finish the trace of a stream stopped early (once): by the caller, or by a stage.
+        Returns what it got; a rejection is kept in ``call.state["rejection"]``, never raised."""
         if "partial" not in call.state:
-            partial = self._partial_response(call)
+            partial = call.state["partial"] = self._partial_response(call)
             call.attempt_costs.append(partial.cost)
             try:
                 self._after(call, partial)  # ledgers settle what was streamed; caches skip it
             except Exception as error:  # closing a stream must not raise
                 call.span.add_event("stage_error", {"error": repr(error)})
-            call.state["partial"] = self._finish(call, partial, stopped_early=True)
+            try:
+                self._finish(call, partial, stopped_early=True)
+            except Exception as rejection:
+                call.state["rejection"] = rejection
         return call.state["partial"]
 
     def _partial_response(self, call: Call) -> Response:
@@ -229,9 +317,9 @@ class Pipeline:
         )
 
 
-def chat_inputs(request: Request, model: str) -> dict[str, Any]:
+def chat_inputs(messages: list[dict[str, Any]], model: str) -> dict[str, Any]:
     """Span inputs in OpenAI chat format, which MLflow's UI renders as a conversation."""
-    return {"model": model, "messages": request.messages}
+    return {"model": model, "messages": messages}
 
 
 def chat_outputs(response: Response) -> dict[str, Any]:

@@ -81,7 +81,7 @@ class Provider:
     def _kwargs(self, call: Call, attempt: Attempt, stream: bool = False) -> dict[str, Any]:
         kwargs = dict(call.request.params)
         kwargs.pop("num_retries", None)
-        kwargs.update(model=attempt.model.name, messages=call.request.messages)
+        kwargs.update(model=attempt.model.name, messages=call.messages)
         # Retries are ours (one span each); stop the OpenAI SDK from retrying underneath.
         kwargs.setdefault("max_retries", 0)
         if stream:
@@ -94,9 +94,10 @@ class Provider:
 
     def _start(self, call: Call, attempt: Attempt) -> Span | NullSpan:
         call.state["answering_model"] = attempt.model
-        inputs = {**chat_inputs(call.request, attempt.model.name), **_safe_params(call.request.params)}
+        inputs = {**chat_inputs(call.messages, attempt.model.name), **_safe_params(call.request.params)}
+        reask = f", re-ask {call.reasks}" if call.reasks else ""
         return call.span.child(
-            f"{attempt.model.name} (attempt {attempt.number})",
+            f"{attempt.model.name} (attempt {attempt.number}{reask})",
             tracing.CHAT_MODEL,
             inputs=inputs,
             attributes={
@@ -104,6 +105,7 @@ class Provider:
                 tracing.LLM_PROVIDER: attempt.model.provider,
                 "mlflow_lite.attempt": attempt.number,
                 "mlflow_lite.retry": attempt.retry,
+                "mlflow_lite.reask": call.reasks,
             },
         )
 

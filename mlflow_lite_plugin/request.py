@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .errors import ArgumentError, check_number
+from .validation import Validator
 
 # Keywords that are ours, not LiteLLM's: they shape the pipeline and are never sent to a provider.
-PIPELINE_KEYWORDS = frozenset({"num_retries", "fallbacks", "tags", "provider_params", "namespace", "cache"})
+PIPELINE_KEYWORDS = frozenset(
+    {"num_retries", "fallbacks", "tags", "provider_params", "namespace", "cache", "validate", "on_fail", "max_attempts"}
+)
 
 # Transient errors (429, 5xx, timeouts) are retried twice by default, as the OpenAI SDK does
 # underneath LiteLLM; ours are visible (one span each) and that SDK retry is switched off.
@@ -48,6 +51,14 @@ class Request:
     stream: bool = False
     namespace: str | None = None  # cache scope per user/tenant: entries never cross namespaces
     use_cache: bool = True  # cache=False on a call bypasses every cache
+    validator: Validator | None = None  # validate= rules, with on_fail and max_attempts
+
+    @property
+    def max_answers(self) -> int:
+        """How many answers the provider may be asked for: more than one when invalid answers are re-asked."""
+        if self.validator is not None and self.validator.on_fail == "retry":
+            return self.validator.max_attempts
+        return 1
 
     @property
     def prompt_text(self) -> str:
@@ -145,6 +156,11 @@ def build_request(
     if not isinstance(provider_params, Mapping):
         raise ArgumentError("provider_params", f"must be a dict, got {provider_params!r}")
     check_number("timeout", merged.get("timeout"), unit="seconds")
+    validator = _validator(merged.pop("validate", None), merged.pop("on_fail", None), merged.pop("max_attempts", None))
+    if stream and validator is not None and validator.on_fail == "retry":
+        raise ArgumentError(
+            "on_fail", "'retry' cannot re-ask a stream whose chunks were already delivered; use 'raise' or 'return'"
+        )
 
     return Request(
         model=model.strip(),
@@ -156,4 +172,14 @@ def build_request(
         stream=stream,
         namespace=namespace,
         use_cache=use_cache,
+        validator=validator,
     )
+
+
+def _validator(spec: Any, on_fail: Any, max_attempts: Any) -> Validator | None:
+    if spec is None or spec is False:
+        if on_fail is not None or max_attempts is not None:
+            name = "on_fail" if on_fail is not None else "max_attempts"
+            raise ArgumentError(name, "only applies with validate= rules")
+        return None
+    return Validator(spec, on_fail=on_fail, max_attempts=max_attempts)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 if TYPE_CHECKING:
+    from .metrics import MetricResult
     from .tracing import TraceRef
+    from .validation import ValidationResult
 
 
 @dataclass
@@ -16,7 +18,8 @@ class Response:
 
     ``model`` is the provider-qualified model that actually answered (after aliases and
     fallbacks); ``cost`` is USD, or None when the model has no known price; ``cached`` is None
-    for a provider answer ("exact"/"semantic" for cache hits).
+    for a provider answer ("exact"/"semantic" for cache hits). ``cost`` and ``usage`` of an
+    answer that was re-asked after failing validation include every attempt.
     """
 
     text: str
@@ -29,6 +32,8 @@ class Response:
     provider: str | None = None
     requested_model: str | None = None
     time_to_first_token: float | None = None
+    validation: ValidationResult | None = None  # set when the call had validate= rules
+    metrics: dict[str, MetricResult] = field(default_factory=dict)  # the client's custom metrics
     raw: Any = field(default=None, repr=False, compare=False)
     _trace: TraceRef | None = field(default=None, repr=False, compare=False)
 

@@ -109,6 +109,22 @@ class Span:
         if self._live is not None:
             _safely(self._live_event, event)
 
+    def log_feedback(
+        self,
+        name: str,
+        value: Any,
+        *,
+        rationale: str | None = None,
+        error: str | None = None,
+        source_type: str = "CODE",
+        source_id: str = "mlflow_lite",
+    ) -> None:
+        """Attach an MLflow feedback assessment to this call's trace (written with the trace)."""
+        self._trace.feedback.append(
+            {"name": name, "value": value, "rationale": rationale, "error": error,
+             "source_type": source_type, "source_id": source_id}
+        )
+
     def end(self, outputs: Any = None, error: BaseException | None = None) -> None:
         if self.end_ns is not None:
             return
@@ -167,7 +183,31 @@ class Span:
     def _close_live(self) -> None:
         if self.error is not None:
             self._live.record_exception(self.error)
+        if self.parent is None and self._trace.feedback:
+            _safely(self._log_feedback)
         self._live.end(outputs=self.outputs, end_time_ns=self.end_ns)
+
+    def _log_feedback(self) -> None:
+        """Log feedback while the trace is still open: MLflow then keeps it in the in-memory trace
+        and writes it with the trace, instead of racing the trace export."""
+        import mlflow
+        from mlflow.entities import AssessmentError, AssessmentSource
+        from mlflow.tracing.provider import detach_span_from_context, set_span_in_context
+
+        token = set_span_in_context(self._live)
+        try:
+            for item in self._trace.feedback:
+                error = item["error"]
+                mlflow.log_feedback(
+                    trace_id=self._live.trace_id,
+                    name=item["name"],
+                    value=item["value"],
+                    rationale=item["rationale"],
+                    error=AssessmentError(error_code="METRIC_ERROR", error_message=error) if error else None,
+                    source=AssessmentSource(source_type=item["source_type"], source_id=item["source_id"]),
+                )
+        finally:
+            detach_span_from_context(token)
 
     def _replay(self) -> None:
         self._open_live()
@@ -189,6 +229,7 @@ class _Trace:
         self.ref = TraceRef()
         self.experiment_id: str | None = tracer._experiment_id() if live else None
         self.root: Span | None = None
+        self.feedback: list[dict[str, Any]] = []
 
     def finish(self) -> None:
         if not self.live:
@@ -207,6 +248,9 @@ class NullSpan:
         pass
 
     def add_event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
+        pass
+
+    def log_feedback(self, name: str, value: Any, **details: Any) -> None:
         pass
 
     def end(self, outputs: Any = None, error: BaseException | None = None) -> None:

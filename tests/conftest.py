@@ -42,12 +42,17 @@ def _stub_server():
 
 @pytest.fixture
 def stub(_stub_server: StubLLMServer) -> StubLLMServer:
-    """The loopback LLM server, with no faults queued, no latency and an empty request log."""
+    """The loopback LLM server, with no faults queued, no latency, the default reply and an
+    empty request log."""
+    from mlflow_lite_plugin.testing.stub_server import default_reply
+
     _stub_server.reset()
     _stub_server.latency = 0.0
     _stub_server.chunk_delay = 0.0
+    _stub_server.reply = default_reply
     yield _stub_server
     _stub_server.reset()
+    _stub_server.reply = default_reply
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ def test_a_stage_can_refuse_and_clean_up(client, stub, openai_kw):
     refuser = Refuser()
     client.add_stage(refuser)
     client.add_stage(CannedAnswer())
-    assert [s.name for s in client.pipeline.stages] == ["refuser", "canned"]  # ordered by ``order``
+    assert [s.name for s in client.pipeline.stages] == ["refuser", "canned", "validation", "metrics"]  # by ``order``
     with pytest.raises(ml.MlflowLiteError, match="refused by policy"):
         client.query(model="gpt-4o", prompt="forbidden thing", **openai_kw)
     stub.inject(status=500)

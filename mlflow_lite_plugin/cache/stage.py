@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..pipeline import Call, Stage
 from ..response import Response, usage_dict
+from ..validation_stage import check_answer
 from .backends import CacheBackend
 from .keys import exact_key, scope_key
 from .stats import CacheStats
@@ -73,12 +74,23 @@ class CacheStage(Stage):
         temperature = call.request.params.get("temperature")
         return self.max_temperature is None or temperature is None or temperature <= self.max_temperature
 
+    def usable(self, call: Call, entry: dict[str, Any]) -> bool:
+        """A cached answer must also pass this call's validation rules (they are not in the key)."""
+        if call.request.validator is None:
+            return True
+        result = call.state["cached_validation"] = check_answer(call, entry["text"], call.models[0])
+        if not result.passed:
+            call.span.add_event("cache_entry_invalid", {"kind": self.kind, "errors": result.errors})
+        return result.passed
+
     def hit(self, call: Call, entry: dict[str, Any], **details: Any) -> Response:
         saved = entry.get("cost")
         self.stats.lookup(self.kind, True, saved)
         call.span.add_event("cache_hit", {"kind": self.kind, "saved_cost_usd": saved, **details})
         call.span.set_attributes({"mlflow_lite.cost_saved_usd": saved})
-        return from_entry(entry, self.kind, call)
+        response = from_entry(entry, self.kind, call)
+        response.validation = call.state.pop("cached_validation", None)
+        return response
 
     def miss(self, call: Call) -> None:
         self.stats.lookup(self.kind, False)
@@ -117,7 +129,7 @@ class ExactCacheStage(CacheStage):
             return None
         key = call.state["exact_key"] = exact_key(call)
         entry = self.guarded("lookup", self.backend.get, key)
-        if entry is None:
+        if entry is None or not self.usable(call, entry):
             self.miss(call)
             return None
         return self.hit(call, entry, key=key[:16])
@@ -147,7 +159,7 @@ class SemanticCacheStage(CacheStage):
         scope = scope_key(call)
         call.state["semantic"] = (scope, query)
         hit = self.guarded("lookup", self.cache.lookup, scope, query)
-        if hit is None:
+        if hit is None or not self.usable(call, hit.value):
             self.miss(call)
             return None
         return self.hit(call, hit.value, similarity=round(hit.score, 4), matched_query=hit.query, reason=hit.reason)
