@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
@@ -130,8 +131,12 @@ class Client:
         query_kwargs["validate"] = merge_rules(prepared.validate, query_kwargs.get("validate"))
         model = query_kwargs.pop("model", None)
         system = query_kwargs.pop("system", None)
+        links = None
+        if chosen.source == "registry":  # MLflow's own link from a trace to the prompt versions it used
+            links = {"mlflow.linkedPrompts": json.dumps([{"name": chosen.name, "version": str(chosen.version)}])}
         call = self._call(
-            "query", None, model, prepared.messages, system, query_kwargs, labels=prepared.trace_attributes
+            "query", None, model, prepared.messages, system, query_kwargs,
+            labels=prepared.trace_attributes, trace_tags=links,
         )
         return self.pipeline.run(call)
 
@@ -433,6 +438,7 @@ class Client:
         kwargs: Mapping[str, Any],
         stream: bool = False,
         labels: Mapping[str, str] | None = None,
+        trace_tags: Mapping[str, str] | None = None,
     ) -> Call:
         """Build the request and open the root span; ``labels`` go on the span and trace tags."""
         request = build_request(
@@ -450,7 +456,7 @@ class Client:
             tracing_module.CHAT_MODEL,
             inputs=chat_inputs(request.messages, request.model),
             attributes={"mlflow_lite.requested_model": request.model, "mlflow_lite.kind": kind, **(labels or {})},
-            tags={"mlflow_lite.model": request.model, **(labels or {}), **request.tags},
+            tags={"mlflow_lite.model": request.model, **(labels or {}), **(trace_tags or {}), **request.tags},
         )
         return Call(request=request, models=models, span=span, pricing=self.pricing)
 

@@ -75,7 +75,17 @@ def run_demo(model: str = "lite/echo") -> None:
     ml.set_rate_limit()  # remove the limit
     ml.set_budget(enabled=False)
 
-    say(click.style("7. traces", bold=True))
+    say(click.style("7. validation, custom metrics, templates", bold=True))
+    ml.add_metric("words", lambda text: len(text.split()))
+    r = ml.query(model=model, prompt="Explain each step of the process", validate={"required_words": ["step", "process"]})
+    say(f"   required words: passed={r.validation.passed}; metrics: words={r.metrics['words'].value}")
+    r = ml.query(model=model, prompt="Reply in JSON", validate={"format": "json"}, on_fail="return", cache=False)
+    say(f"   format json:    passed={r.validation.passed}; errors: {r.validation.errors}")
+    r = ml.query_with_template(template="rewrite", input="pls fix teh typos", style="formal", model=model)
+    say(f"   template 'rewrite' ({len(r.text)} chars rendered and echoed), templates: {', '.join(ml.list_templates())}")
+    ml.remove_metric("words")
+
+    say(click.style("8. traces", bold=True))
     ml.flush_traces()
     import mlflow
 
