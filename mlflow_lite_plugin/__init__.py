@@ -16,6 +16,7 @@ _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from .client import (  # noqa: E402
     Client,
     add_metric,
+    add_to_cache,
     list_metrics,
     query_with_template,
     remove_metric,
@@ -67,11 +68,34 @@ from .response import Response, Stream  # noqa: E402
 
 __version__ = "0.1.0"
 
+# The MLflow flavor and registry helpers import mlflow (~1 s): loaded on first use (PEP 562).
+_LAZY = {
+    "save_model": "flavor",
+    "log_model": "flavor",
+    "load_model": "flavor",
+    "promote": "registry",
+    "PromotionRefusedError": "registry",
+}
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "MetricResult",
+    "PromotionRefusedError",
     "ValidationError",
     "ValidationResult",
     "add_metric",
+    "add_to_cache",
+    "load_model",
+    "log_model",
+    "promote",
+    "save_model",
     "list_metrics",
     "list_templates",
     "query_with_template",

@@ -22,7 +22,7 @@ from .pricing import Pricing
 from .ratelimit import LocalSchedule, RateLimit, RateLimitStage, RedisSchedule
 from .providers import Provider
 from .request import build_request
-from .response import Response, Stream
+from .response import Response, Stream, usage_dict
 from .validation_stage import ValidationStage
 
 if TYPE_CHECKING:
@@ -276,6 +276,36 @@ class Client:
         """The live semantic cache of this client (to save, inspect or ship with a model)."""
         stage = self.pipeline.get(SemanticCacheStage.name)
         return stage.cache if isinstance(stage, SemanticCacheStage) else None
+
+    def add_to_cache(
+        self,
+        answer: str,
+        prompt: str | None = None,
+        *,
+        model: str | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        system: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Store ``answer`` as the answer to this call in every enabled cache (warming them, e.g.
+        with known answers to frequent questions); the arguments are those of ``query``."""
+        if not isinstance(answer, str) or not answer:
+            raise ArgumentError("answer", f"must be a non-empty string, got {answer!r}")
+        caches = [s for s in self.pipeline.stages if isinstance(s, (ExactCacheStage, SemanticCacheStage))]
+        if not caches:
+            raise ArgumentError("answer", "no cache is enabled: call set_cache() or set_semantic_cache() first")
+        request = build_request(
+            model=model or self.model, prompt=prompt, messages=messages, system=system, kwargs=kwargs,
+            defaults=self.defaults,
+        )
+        models = [self.models.resolve(request.model)]
+        call = Call(request=request, models=models, span=tracing_module.NullSpan(), pricing=self.pricing)
+        known = Response(
+            text=answer, model=models[0].name, usage=usage_dict(0, 0), cost=None, latency=0.0,
+            finish_reason="stop", provider=models[0].provider, requested_model=request.model,
+        )
+        for stage in caches:
+            stage.remember(call, known)
 
     def cache_stats(self) -> dict[str, Any]:
         """Hits, misses, hit rate and cost saved, overall and per cache kind (this process)."""
@@ -543,6 +573,7 @@ set_cache = _one_liner(Client.set_cache)
 cache_stats = _one_liner(Client.cache_stats)
 clear_cache = _one_liner(Client.clear_cache)
 set_semantic_cache = _one_liner(Client.set_semantic_cache)
+add_to_cache = _one_liner(Client.add_to_cache)
 semantic_cache = _one_liner(Client.semantic_cache)
 set_rate_limit = _one_liner(Client.set_rate_limit)
 set_fallbacks = _one_liner(Client.set_fallbacks)

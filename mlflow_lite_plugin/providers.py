@@ -27,8 +27,13 @@ if TYPE_CHECKING:
 _SECRET = re.compile(r"(api_key|secret|password|credential|authorization|_token$|^headers$|extra_headers)", re.I)
 
 
+def is_secret(name: str) -> bool:
+    """True for a parameter name that carries credentials (never traced, never saved)."""
+    return bool(_SECRET.search(name))
+
+
 def _safe_params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if not _SECRET.search(k)}
+    return {k: v for k, v in params.items() if not is_secret(k)}
 
 
 class Provider:

@@ -104,6 +104,10 @@ class CacheStage(Stage):
     def store(self, call: Call, response: Response) -> None:
         raise NotImplementedError
 
+    def remember(self, call: Call, response: Response) -> None:
+        """Store ``response`` as the answer to ``call`` without a lookup (warming the cache)."""
+        raise NotImplementedError
+
     def guarded(self, action: str, fn: Any, *args: Any) -> Any:
         """Run a backend operation; an outage is logged and counts as a miss, never a failed call."""
         try:
@@ -138,6 +142,9 @@ class ExactCacheStage(CacheStage):
         if "exact_key" in call.state:  # the lookup ran (a stage before it may have answered)
             self.guarded("store", self.backend.set, call.state["exact_key"], to_entry(response), self.ttl)
 
+    def remember(self, call: Call, response: Response) -> None:
+        self.backend.set(exact_key(call), to_entry(response), self.ttl)
+
 
 class SemanticCacheStage(CacheStage):
     """Same scope (model, system prompt and earlier messages, output-changing parameters,
@@ -169,3 +176,6 @@ class SemanticCacheStage(CacheStage):
             return
         scope, query = call.state["semantic"]
         self.guarded("store", self.cache.store, scope, query, to_entry(response))
+
+    def remember(self, call: Call, response: Response) -> None:
+        self.cache.store(scope_key(call), call.request.prompt_text, to_entry(response))
