@@ -484,7 +484,7 @@ class Client:
         span = self.tracer.start(
             f"mlflow_lite.{kind}",
             tracing_module.CHAT_MODEL,
-            inputs=chat_inputs(request.messages, request.model),
+            inputs=chat_inputs(request.messages, request.model, request.images),
             attributes={"mlflow_lite.requested_model": request.model, "mlflow_lite.kind": kind, **(labels or {})},
             tags={"mlflow_lite.model": request.model, **(labels or {}), **(trace_tags or {}), **request.tags},
         )

@@ -34,8 +34,9 @@ import bisect
 import functools
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 
+from .attachments import Image, redact
 from .request import Request
 from .response import Response, usage_dict
 
@@ -317,9 +318,10 @@ class Pipeline:
         )
 
 
-def chat_inputs(messages: list[dict[str, Any]], model: str) -> dict[str, Any]:
-    """Span inputs in OpenAI chat format, which MLflow's UI renders as a conversation."""
-    return {"model": model, "messages": messages}
+def chat_inputs(messages: list[dict[str, Any]], model: str, images: Sequence[Image] = ()) -> dict[str, Any]:
+    """Span inputs in OpenAI chat format, which MLflow's UI renders as a conversation; images are
+    recorded as references (name, size, hash), not their data."""
+    return {"model": model, "messages": redact(messages, images)}
 
 
 def chat_outputs(response: Response) -> dict[str, Any]:

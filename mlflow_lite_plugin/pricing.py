@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .attachments import split_images, url_tokens
 from .errors import ArgumentError, check_number
 from .models import OFFLINE_PROVIDER, ModelRef, litellm_module
 
@@ -99,7 +100,10 @@ class Pricing:
         if isinstance(text, str):
             return int(litellm.token_counter(model=model.name, text=text))
         if isinstance(text, Sequence):
-            return int(litellm.token_counter(model=model.name, messages=list(text)))
+            # Images by their pixel size (LiteLLM would download URL images to measure them).
+            messages, images = split_images(list(text))
+            tokens = int(litellm.token_counter(model=model.name, messages=messages))
+            return tokens + sum(url_tokens(url, model.provider) for url in images)
         raise ArgumentError("text", f"must be a string or a list of messages, got {type(text).__name__}")
 
     def _warn_unknown(self, model: ModelRef) -> None:

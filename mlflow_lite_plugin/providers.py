@@ -99,7 +99,7 @@ class Provider:
 
     def _start(self, call: Call, attempt: Attempt) -> Span | NullSpan:
         call.state["answering_model"] = attempt.model
-        inputs = {**chat_inputs(call.messages, attempt.model.name), **_safe_params(call.request.params)}
+        inputs = {**chat_inputs(call.messages, attempt.model.name, call.request.images), **_safe_params(call.request.params)}
         reask = f", re-ask {call.reasks}" if call.reasks else ""
         return call.span.child(
             f"{attempt.model.name} (attempt {attempt.number}{reask})",

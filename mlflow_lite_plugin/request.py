@@ -7,12 +7,13 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from .attachments import Image, attach, load_images
 from .errors import ArgumentError, check_number
 from .validation import Validator
 
 # Keywords that are ours, not LiteLLM's: they shape the pipeline and are never sent to a provider.
 PIPELINE_KEYWORDS = frozenset(
-    {"num_retries", "fallbacks", "tags", "provider_params", "namespace", "cache", "validate", "on_fail", "max_attempts"}
+    {"num_retries", "fallbacks", "tags", "provider_params", "namespace", "cache", "validate", "on_fail", "max_attempts", "image"}
 )
 
 # Transient errors (429, 5xx, timeouts) are retried twice by default, as the OpenAI SDK does
@@ -52,6 +53,7 @@ class Request:
     namespace: str | None = None  # cache scope per user/tenant: entries never cross namespaces
     use_cache: bool = True  # cache=False on a call bypasses every cache
     validator: Validator | None = None  # validate= rules, with on_fail and max_attempts
+    images: tuple[Image, ...] = ()  # image= attachments (already in messages; kept for traces)
 
     @property
     def max_answers(self) -> int:
@@ -156,6 +158,10 @@ def build_request(
     if not isinstance(provider_params, Mapping):
         raise ArgumentError("provider_params", f"must be a dict, got {provider_params!r}")
     check_number("timeout", merged.get("timeout"), unit="seconds")
+    image = merged.pop("image", None)
+    images = tuple(load_images(image)) if image is not None else ()
+    if images:
+        msgs = attach(msgs, images)
     validator = _validator(merged.pop("validate", None), merged.pop("on_fail", None), merged.pop("max_attempts", None))
     if stream and validator is not None and validator.on_fail == "retry":
         raise ArgumentError(
@@ -173,6 +179,7 @@ def build_request(
         namespace=namespace,
         use_cache=use_cache,
         validator=validator,
+        images=images,
     )
 
 

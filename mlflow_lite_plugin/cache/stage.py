@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..pipeline import Call, Stage
+from ..attachments import has_images
 from ..response import Response, usage_dict
 from ..validation_stage import check_answer
 from .backends import CacheBackend
@@ -161,7 +162,7 @@ class SemanticCacheStage(CacheStage):
 
     def before(self, call: Call) -> Response | None:
         query = call.request.prompt_text
-        if not self.applies(call) or not query.strip():
+        if not self.applies(call) or not query.strip() or _asks_about_images(call):
             return None
         scope = scope_key(call)
         call.state["semantic"] = (scope, query)
@@ -179,3 +180,9 @@ class SemanticCacheStage(CacheStage):
 
     def remember(self, call: Call, response: Response) -> None:
         self.cache.store(scope_key(call), call.request.prompt_text, to_entry(response))
+
+
+def _asks_about_images(call: Call) -> bool:
+    """Only the text is embedded, so "describe this image" would match any other image."""
+    last = next((m for m in reversed(call.request.messages) if m.get("role") == "user"), {})
+    return has_images(last.get("content"))

@@ -37,6 +37,17 @@ def _text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+# What the stub charges per image part (OpenAI's low-detail price), so usage includes images.
+IMAGE_TOKENS = 85
+
+
+def _images(content: Any) -> int:
+    """Image parts in OpenAI (image_url) or Anthropic (image) format."""
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for p in content if isinstance(p, dict) and p.get("type") in ("image_url", "image"))
+
+
 def count_words(text: str) -> int:
     return len(text.split())
 
@@ -228,6 +239,7 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
                 messages.insert(0, {"role": "system", "content": system if isinstance(system, str) else ""})
             text = stub.reply(model, messages)
             prompt_tokens = sum(count_words(_text(m.get("content"))) for m in messages)
+            prompt_tokens += IMAGE_TOKENS * sum(_images(m.get("content")) for m in messages)
             return model, text, prompt_tokens, count_words(text)
 
         def _openai(self, body: dict[str, Any], fault: Fault | None) -> None:
