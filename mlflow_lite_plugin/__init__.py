@@ -19,7 +19,12 @@ from .client import (  # noqa: E402
     add_to_cache,
     list_metrics,
     query_with_template,
+    export_dataset,
+    record_feedback,
     remove_metric,
+    set_feedback_learning,
+    set_routing,
+    smart_query,
     stream_validated,
     aquery,
     async_batch,
@@ -58,7 +63,9 @@ from .errors import (  # noqa: E402
     ProviderUnavailableError,
     ValidationError,
 )
+from .chains import Chain, ChainResult, ChainStepError, Step, StepResult  # noqa: E402
 from .metrics import MetricResult  # noqa: E402
+from .routing import Router, RoutingDecision, estimate_complexity  # noqa: E402
 from .templates import list_templates, register_template  # noqa: E402
 from .validation import ValidationResult  # noqa: E402
 from .pipeline import Call, Stage  # noqa: E402
@@ -86,7 +93,20 @@ def __getattr__(name: str):  # noqa: ANN202
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "Chain",
+    "ChainResult",
+    "ChainStepError",
     "MetricResult",
+    "Router",
+    "RoutingDecision",
+    "Step",
+    "StepResult",
+    "estimate_complexity",
+    "export_dataset",
+    "record_feedback",
+    "set_feedback_learning",
+    "set_routing",
+    "smart_query",
     "PromotionRefusedError",
     "ValidationError",
     "ValidationResult",

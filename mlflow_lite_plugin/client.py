@@ -18,6 +18,8 @@ from .metrics import Metrics, MetricsStage
 from .models import ModelResolver
 from .pipeline import Call, Pipeline, Stage, chat_inputs
 from . import budget as budget_module
+from . import datasets as datasets_module
+from . import feedback as feedback_module
 from .pricing import Pricing
 from .ratelimit import LocalSchedule, RateLimit, RateLimitStage, RedisSchedule
 from .providers import Provider
@@ -27,6 +29,7 @@ from .validation_stage import ValidationStage
 
 if TYPE_CHECKING:
     from .cache.semantic import SemanticCache
+    from .routing import Router
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +57,7 @@ class Client:
         self.pricing = Pricing()
         self.tracer = tracing_module.Tracer(enabled=tracing, experiment=experiment)
         self.metrics = Metrics()
+        self.router: Router | None = None
         self.pipeline = Pipeline(Provider(), [ValidationStage(), MetricsStage(self.metrics)])
         self._cache_stats = CacheStats()
 
@@ -139,6 +143,74 @@ class Client:
             labels=prepared.trace_attributes, trace_tags=links,
         )
         return self.pipeline.run(call)
+
+    # -- human feedback and datasets --
+
+    def record_feedback(
+        self,
+        trace_id: str,
+        rating: float | int | bool | None = None,
+        correction: str | None = None,
+        *,
+        user: str | None = None,
+        comment: str | None = None,
+        scale: tuple[float, float] = (1, 5),
+    ) -> list[Any]:
+        """Store a human ``rating`` (HUMAN feedback "rating") and/or ``correction`` (the expectation
+        "expected_response") on an MLflow trace; with feedback learning on, they become few-shot
+        examples for similar later queries. Returns the logged assessments."""
+        return feedback_module.record_feedback(
+            trace_id, rating, correction, user=user, comment=comment, scale=scale,
+            learner=feedback_module.learner_of(self.pipeline),
+        )
+
+    def set_feedback_learning(
+        self,
+        enabled: bool = True,
+        *,
+        max_examples: int = 3,
+        min_rating: float = 4,
+        similarity: float = 0.5,
+        registry: bool = True,
+    ) -> Any:
+        """Turn corrections and top-rated answers into few-shot examples for later similar queries
+        of the same system prompt or template (nearest by embedding), versioned in MLflow's
+        Prompt Registry."""
+        return feedback_module.set_feedback_learning(
+            self.pipeline, enabled, max_examples=max_examples, min_rating=min_rating,
+            similarity=similarity, registry=registry,
+        )
+
+    def export_dataset(self, path: str | None = None, **options: Any) -> Any:
+        """Traces -> fine-tuning JSONL (``format="openai"|"anthropic"|"jsonl"``; ``min_rating``,
+        ``since``, ``experiment``...); corrections replace answers. Returns a summary of what was
+        kept and dropped (``.to_pandas()``, ``.to_mlflow_dataset()``)."""
+        self.flush_traces()  # this client's pending traces are part of the data
+        options.setdefault("experiment", self.tracer.experiment)
+        return datasets_module.export_dataset(path, **options)
+
+    # -- routing --
+
+    def set_routing(
+        self,
+        tiers: Mapping[str, str] | None = None,
+        *,
+        thresholds: Sequence[float] | None = None,
+        fallback: str | None = "quality",
+    ) -> None:
+        """Model tiers for ``smart_query``, cheapest first (default ``{"fast": "gpt-4o-mini",
+        "quality": "gpt-4o"}``), the complexity cut-offs between them, and the default upgrade
+        tier when a cheap answer fails validation or errors (None: no upgrade)."""
+        from .routing import Router
+
+        self.router = Router(tiers, thresholds=thresholds, fallback=fallback)
+
+    def smart_query(self, prompt: str | None = None, **kwargs: Any) -> Response:
+        """Route to a model tier by the prompt's own complexity (no extra model call), upgrading
+        when the cheap answer fails; ``r.routing`` holds the decision (score, reasons, tier)."""
+        from .routing import smart_query
+
+        return smart_query(self, prompt, **kwargs)
 
     # -- custom metrics --
 
@@ -585,3 +657,8 @@ query_with_template = _one_liner(Client.query_with_template)
 add_metric = _one_liner(Client.add_metric)
 remove_metric = _one_liner(Client.remove_metric)
 list_metrics = _one_liner(Client.list_metrics)
+set_routing = _one_liner(Client.set_routing)
+smart_query = _one_liner(Client.smart_query)
+record_feedback = _one_liner(Client.record_feedback)
+set_feedback_learning = _one_liner(Client.set_feedback_learning)
+export_dataset = _one_liner(Client.export_dataset)

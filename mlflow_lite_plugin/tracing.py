@@ -165,7 +165,7 @@ class Span:
                 inputs=self.inputs,
                 attributes=self.attributes,
                 tags=self._trace.tags if is_root and parent_live is None else None,
-                experiment_id=self._trace.experiment_id if is_root else None,
+                experiment_id=self._trace.experiment_id if is_root and parent_live is None else None,
                 start_time_ns=self.start_ns,
             )
         except Exception as exc:  # tracing must never fail the call

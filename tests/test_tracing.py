@@ -199,3 +199,13 @@ def test_follows_mlflow_set_experiment(client, stub, openai_kw):
         assert get_trace(r.trace_id).info.experiment_id == experiment.experiment_id
     finally:
         mlflow.set_experiment("Default")
+
+
+def test_query_inside_a_user_span_on_a_client_with_its_own_experiment(stub, openai_kw):
+    """Our root nests under the caller's span: the experiment is the caller's trace's, and the
+    trace stays readable (passing an experiment to a nested span used to corrupt it)."""
+    client = ml.Client(experiment=f"nested-{uuid.uuid4().hex[:8]}")
+    with mlflow.start_span("outer") as outer:
+        client.query(model="gpt-4o", prompt="nested", **openai_kw)
+    trace = get_trace(outer.trace_id)
+    assert [s.name for s in trace.data.spans][:2] == ["outer", "mlflow_lite.query"]
