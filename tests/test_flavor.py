@@ -222,3 +222,23 @@ def test_registry_alias_and_gated_promotion(stub, api_key):
     assert bot.predict({"question": "Hi"})[0].startswith("Stub answer")
     with pytest.raises(ml.ArgumentError, match="gate"):
         ml.promote(name, version, require={"validation_pass_rate": "about 0.9"})
+
+
+def test_promote_evaluates_on_data_with_the_mlflow_lite_evaluator(stub, api_key):
+    name = f"gated_{uuid.uuid4().hex[:6]}"
+    with mlflow.start_run():
+        info = ml.log_model(
+            name="bot", model="gpt-4o", prompt=PROMPT, params={"api_base": stub.openai_base},
+            validate={"max_length": 60}, on_fail="return", registered_model_name=name,
+        )
+    data = pd.DataFrame({"question": ["Hi?", "A question long enough to push the answer past sixty characters?"]})
+    with pytest.raises(ml.PromotionRefusedError, match=r"validation_pass_rate = 0.5, needs >= 0.9"):
+        ml.promote(name, info.registered_model_version, require={"validation_pass_rate": 0.9}, data=data,
+                   model_type="text")
+    figures = ml.promote(
+        name, info.registered_model_version, alias="staging", data=data.iloc[:1], model_type="text",
+        require={"validation_pass_rate": 0.9, "cost_per_row": 0.01, "error_rate": 0},
+    )
+    assert figures["validation_pass_rate"] == 1.0 and 0 < figures["cost_per_row"] < 0.01
+    staged = mlflow.MlflowClient().get_model_version_by_alias(name, "staging")
+    assert str(staged.version) == str(info.registered_model_version)
