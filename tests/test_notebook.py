@@ -12,7 +12,7 @@ NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "quickstart.ipynb"
 
 @pytest.mark.slow
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
+    import nbformat
     from nbclient import NotebookClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'nb.db'}")
@@ -25,4 +25,7 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     assert "Echo: How do I reset my password?" in outputs
     assert "anthropic/claude-sonnet-4-5" in outputs
     assert "mlflow_lite.query" in outputs and "open the UI" in outputs
+    assert "cached=semantic" in outputs and "cached=None" in outputs
+    assert "attempts: 2" in outputs and "stopped after" in outputs
+    assert "Use the 'Forgot password' link." in outputs and "expected_response" in outputs
     assert os.path.exists(tmp_path / "nb.db")
