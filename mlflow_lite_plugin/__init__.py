@@ -63,6 +63,7 @@ from .errors import (  # noqa: E402
     ProviderUnavailableError,
     ValidationError,
 )
+from .abtest import ABTest, ABTestError, ab_test  # noqa: E402
 from .chains import Chain, ChainResult, ChainStepError, Step, StepResult  # noqa: E402
 from .metrics import MetricResult  # noqa: E402
 from .routing import Router, RoutingDecision, estimate_complexity  # noqa: E402
@@ -93,6 +94,9 @@ def __getattr__(name: str):  # noqa: ANN202
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "ABTest",
+    "ABTestError",
+    "ab_test",
     "Chain",
     "ChainResult",
     "ChainStepError",
