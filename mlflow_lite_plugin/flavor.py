@@ -232,19 +232,15 @@ def _config(
     if not isinstance(model, str) or not model.strip():
         raise _invalid(f"model must be a model name such as 'gpt-4o', got {model!r}")
     prompt = DEFAULT_PROMPT if prompt is None else prompt
-    secrets = sorted(k for k in params if is_secret(k))
-    if secrets:
-        raise _invalid(
-            f"{', '.join(secrets)} would be written into the model: never save credentials. Set them in the "
-            "serving environment instead (e.g. OPENAI_API_KEY, ANTHROPIC_API_KEY)."
-        )
     settings = {"cache": cache, "semantic_cache": semantic_cache, "rate_limit": rate_limit, "budget": budget}
     for key, value in settings.items():
         if value is not None and not isinstance(value, Mapping):
             raise _invalid(f"{key} must be a dict of settings, got {type(value).__name__}")
-        for field, item in (value or {}).items():
-            if is_secret(field) or (isinstance(item, str) and _has_password(item)):
-                raise _invalid(f"{key}.{field} holds a credential; give it through the serving environment instead")
+    for where in _credentials({"params": params, **settings}):
+        raise _invalid(
+            f"{where} holds a credential and would be written into the model: never save secrets. Give it "
+            "through the serving environment instead (OPENAI_API_KEY, ANTHROPIC_API_KEY, MLFLOW_LITE_REDIS_URL...)."
+        )
     if cache_data is not None and semantic_cache is None:
         semantic_cache = {}  # known answers are served by the semantic cache
     if validate is not None and not _storable(validate):
@@ -359,14 +355,14 @@ class LiteModel:
         overrides = {k: v for k, v in params.items() if v is not None}
         calls = [self._call_kwargs(row, i, overrides) for i, row in enumerate(rows)]
         if len(calls) == 1:
-            results: list[Any] = [self._one(calls[0], details)]
+            results: list[Any] = [self._one(calls[0])]
         else:
             results = self.client.batch(calls, max_concurrency=int(self.config.get("max_concurrency", 8)))
         if details:
             return pd.DataFrame([_detail(r) for r in results], columns=list(DETAIL_COLUMNS))
         for result in results:
             if isinstance(result, BaseException):
-                raise result
+                raise served_error(result) from result
         return [r.text for r in results]
 
     def predict_stream(self, model_input: Any, params: dict[str, Any] | None = None) -> Iterator[str]:
@@ -375,8 +371,11 @@ class LiteModel:
         if len(rows) != 1:
             raise _invalid(f"predict_stream takes one input row, got {len(rows)}")
         kwargs = self._call_kwargs(rows[0], 0, params)
-        with self.client.stream(**kwargs) as stream:
-            yield from stream
+        try:
+            with self.client.stream(**kwargs) as stream:
+                yield from stream
+        except MlflowLiteError as error:
+            raise served_error(error) from error
 
     # -- Python API --
 
@@ -438,7 +437,7 @@ class LiteModel:
         values = {}
         for name in self.variables:
             value = row.get(name)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
                 raise _invalid(f"row {index}: column {name!r} is empty")
             values[name] = str(value)
         kwargs: dict[str, Any] = {"prompt": self.config["prompt"].format(**values), **overrides}
@@ -446,12 +445,11 @@ class LiteModel:
             kwargs["system"] = self.config["system"]
         return kwargs
 
-    def _one(self, kwargs: dict[str, Any], details: bool) -> Response | MlflowLiteError:
+    def _one(self, kwargs: dict[str, Any]) -> Response | MlflowLiteError:
+        """One row, answered or failed, like an item of ``batch``."""
         try:
             return self.client.query(**kwargs)
         except MlflowLiteError as error:
-            if not details:
-                raise
             return error
 
 
@@ -531,11 +529,53 @@ def _storable(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
+def _credentials(value: Any, path: str = "") -> Iterator[str]:
+    """Where ``value`` holds a credential: a key named like one, or a URL with a password."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if is_secret(str(key)) and item:
+                yield where
+            else:
+                yield from _credentials(item, where)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _credentials(item, f"{path}[{i}]")
+    elif isinstance(value, str) and _has_password(value):
+        yield path
+
+
 def _has_password(text: str) -> bool:
     try:
         return "://" in text and urlsplit(text).password is not None
     except ValueError:
         return False
+
+
+def served_error(error: BaseException) -> MlflowException:
+    """Our error as an MlflowException whose code MLflow's scoring server turns into the right
+    HTTP status: a provider outage is a 503, a rate limit or spent budget a 429, not a 400."""
+    from . import errors
+    from .budget import BudgetExceededError
+    from .ratelimit import RateLimitExceededError
+
+    codes = [
+        (errors.ArgumentError, "INVALID_PARAMETER_VALUE"),  # 400
+        (errors.ProviderTimeoutError, "DEADLINE_EXCEEDED"),  # 504
+        ((errors.ProviderRateLimitError, RateLimitExceededError), "REQUEST_LIMIT_EXCEEDED"),  # 429
+        (BudgetExceededError, "RESOURCE_EXHAUSTED"),  # 429
+        ((errors.ProviderUnavailableError, errors.ProviderConnectionError), "TEMPORARILY_UNAVAILABLE"),  # 503
+    ]
+    code = next((code for kind, code in codes if isinstance(error, kind)), "INTERNAL_ERROR")  # 500
+    if isinstance(error, MlflowException):
+        return error
+    return MlflowException(f"{type(error).__name__}: {error}", error_code=_code(code))
+
+
+def _code(name: str) -> int:
+    from mlflow.protos import databricks_pb2
+
+    return int(getattr(databricks_pb2, name))
 
 
 def _invalid(message: str) -> MlflowException:

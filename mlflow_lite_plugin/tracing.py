@@ -39,6 +39,9 @@ LLM_PROVIDER = "mlflow.llm.provider"
 
 _NO_OP_TRACE_ID = "MLFLOW_NO_OP_SPAN_TRACE_ID"
 FLUSH_TIMEOUT = float(os.environ.get("MLFLOW_LITE_TRACE_FLUSH_TIMEOUT", "30"))
+# Traces waiting for the writer beyond this are dropped (and counted): under a load the tracking
+# store cannot absorb, tracing must not grow memory without bound or slow the calls down.
+MAX_PENDING_TRACES = int(os.environ.get("MLFLOW_LITE_MAX_PENDING_TRACES", "10000"))
 
 
 class TraceRef:
@@ -345,9 +348,15 @@ class _Writer:
         self._unflushed = False  # written to MLflow since its export queue was last flushed
         self._thread: threading.Thread | None = None
         self._warned_at = 0.0
+        self.dropped = 0
 
     def submit(self, trace: _Trace) -> None:
         with self._cond:
+            if len(self._pending) >= MAX_PENDING_TRACES:
+                self.dropped += 1
+                trace.ref.set(None)
+                self._warn(RuntimeError(f"{self.dropped} trace(s) dropped: more than {MAX_PENDING_TRACES} waiting"))
+                return
             self._pending.append(trace)
             self._busy += 1
             if self._thread is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ for _key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPI
     os.environ.pop(_key, None)  # never reach a real provider from the tests
 
 import mlflow_lite_plugin as ml  # noqa: E402
-from mlflow_lite_plugin.testing import StubLLMServer  # noqa: E402
+from mlflow_lite_plugin.testing import StubLLMServer, free_port  # noqa: E402
 
 KEY = "sk-stub-not-a-real-key"
 
@@ -99,9 +98,7 @@ def _start_redis(workdir) -> tuple[str, subprocess.Popen]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run .ci/run (apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,

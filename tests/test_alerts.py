@@ -4,7 +4,6 @@ period per threshold (also across processes); a broken channel never blocks or f
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ import pytest
 
 import mlflow_lite_plugin as ml
 from mlflow_lite_plugin.alerts import Alert, flush_alerts
+from mlflow_lite_plugin.testing import free_port
 from mlflow_lite_plugin.budget import Budget, BudgetExceededError, BudgetStage, SQLiteLedger, set_alert, usd
 
 from .conftest import get_trace
@@ -26,12 +26,6 @@ from .conftest import get_trace
 UTC = timezone.utc
 ECHO = "lite/echo"
 LIMIT = 0.1  # each echo call below costs $0.013 and reserves $0.019
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Collector:
@@ -49,7 +43,7 @@ def smtp_server():
     from aiosmtpd.controller import Controller
 
     collector = _Collector()
-    controller = Controller(collector, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(collector, hostname="127.0.0.1", port=free_port())
     controller.start()
     collector.port = controller.port
     yield collector
@@ -187,7 +181,7 @@ def test_alert_appears_on_the_trace(client, tmp_path):
 
 def test_a_failing_channel_never_blocks_or_fails_a_call(tmp_path, webhook_server, caplog):
     webhook_server.delay = 2.0  # a slow webhook...
-    closed_port = _free_port()  # ...and an SMTP server that is down
+    closed_port = free_port()  # ...and an SMTP server that is down
     broken = Alert(
         0.1,
         email="you@company.com",

@@ -123,8 +123,9 @@ def test_structured_details_and_streaming(tmp_path, stub, api_key):
 
 def test_row_errors_raise_or_are_reported_in_details(tmp_path, stub, api_key):
     bot = mlflow.pyfunc.load_model(save(tmp_path / "bot", stub, validate={"max_length": 10}))
-    with pytest.raises(ml.ValidationError):
+    with pytest.raises(MlflowException, match="ValidationError") as info:
         bot.predict(pd.DataFrame({"question": ["too long an answer"]}))
+    assert isinstance(info.value.__cause__, ml.ValidationError) and info.value.get_http_status_code() == 500
     details = bot.predict(pd.DataFrame({"question": ["x", "y"]}), params={"return_details": True})
     assert details["error"].str.startswith("ValidationError").all()
     assert details["validation_passed"].tolist() == [False, False]  # the answers are still reported
@@ -143,6 +144,8 @@ def test_missing_column_and_empty_values_name_the_problem(tmp_path, stub, api_ke
     assert info.value.error_code == "INVALID_PARAMETER_VALUE"
     with pytest.raises(MlflowException, match="row 1: column 'question' is empty"):
         app.predict(pd.DataFrame({"question": ["x", None]}))
+    with pytest.raises(MlflowException, match="row 0: column 'question' is empty"):
+        app.predict(pd.DataFrame({"question": ["  "]}))
     bot = mlflow.pyfunc.load_model(save(tmp_path / "bot2", stub))
     with pytest.raises(MlflowException, match="question"):
         bot.predict(pd.DataFrame({"q": ["x"]}))
@@ -159,6 +162,10 @@ def test_no_secret_is_ever_written(tmp_path, stub, monkeypatch):
             assert secret.encode() not in file.read_bytes(), file
     with pytest.raises(MlflowException, match="api_key"):
         save(tmp_path / "leaky", stub, params={"api_key": secret})
+    with pytest.raises(MlflowException, match="params.provider_params.api_key"):
+        save(tmp_path / "leaky3", stub, params={"provider_params": {"api_key": secret}})
+    with pytest.raises(MlflowException, match="params.api_base"):
+        save(tmp_path / "leaky4", stub, params={"api_base": f"http://user:{secret}@localhost:9/v1"})
     with pytest.raises(MlflowException, match="cache.url holds a credential"):
         save(tmp_path / "leaky2", stub, cache={"backend": "redis", "url": "redis://:hunter2@localhost:6379/0"})
     assert not (tmp_path / "leaky").exists() and not (tmp_path / "leaky2").exists()
@@ -242,3 +249,16 @@ def test_promote_evaluates_on_data_with_the_mlflow_lite_evaluator(stub, api_key)
     assert figures["validation_pass_rate"] == 1.0 and 0 < figures["cost_per_row"] < 0.01
     staged = mlflow.MlflowClient().get_model_version_by_alias(name, "staging")
     assert str(staged.version) == str(info.registered_model_version)
+
+
+@pytest.mark.parametrize(
+    "fault, status",
+    [({"status": 503}, 503), ({"status": 429}, 429), ({"status": 401}, 500)],
+)
+def test_provider_failures_map_to_http_statuses(tmp_path, stub, api_key, fault, status):
+    bot = mlflow.pyfunc.load_model(save(tmp_path / "bot", stub, num_retries=0, fallbacks=[]))
+    stub.inject(**fault, times=5)
+    with pytest.raises(MlflowException) as info:
+        bot.predict({"question": "anything new"})
+    assert info.value.get_http_status_code() == status
+    assert isinstance(info.value.__cause__, ml.ProviderError)

@@ -94,3 +94,16 @@ def test_warm_start_from_a_saved_cache(semantic_client, stub, tmp_path, openai_k
 def test_bad_threshold(client):
     with pytest.raises(ml.ArgumentError, match="threshold"):
         client.set_semantic_cache(enabled=True, threshold=1.5)
+
+
+def test_a_semantic_hit_is_kept_in_the_exact_cache(client, stub, openai_kw):
+    client.set_cache()
+    client.set_semantic_cache()
+    first = client.query(model="gpt-4o", prompt="How do I reset my password?", **openai_kw)
+    paraphrase = "What's the process to reset my password?"
+    assert client.query(model="gpt-4o", prompt=paraphrase, **openai_kw).cached == "semantic"
+    again = client.query(model="gpt-4o", prompt=paraphrase, **openai_kw)
+    assert again.cached == "exact" and again.text == first.text and len(stub.requests) == 1
+    stats = client.cache_stats()["by_kind"]
+    assert stats["exact"]["hits"] == 1 and stats["semantic"]["hits"] == 1
+    assert client.cache_stats()["cost_saved"] == pytest.approx(2 * first.cost)

@@ -209,3 +209,13 @@ def test_query_inside_a_user_span_on_a_client_with_its_own_experiment(stub, open
         client.query(model="gpt-4o", prompt="nested", **openai_kw)
     trace = get_trace(outer.trace_id)
     assert [s.name for s in trace.data.spans][:2] == ["outer", "mlflow_lite.query"]
+
+
+def test_writer_drops_traces_beyond_its_bound_instead_of_growing(stub, openai_kw, monkeypatch, caplog):
+    from mlflow_lite_plugin import tracing
+
+    monkeypatch.setattr(tracing, "MAX_PENDING_TRACES", 0)  # every trace finds the queue "full"
+    client = ml.Client()
+    r = client.query(model="gpt-4o", prompt="dropped trace", **openai_kw)
+    assert r.text.startswith("Stub answer") and r.trace_id is None  # the call itself is unaffected
+    assert client.tracer._writer.dropped == 1 and "dropped" in caplog.text

@@ -77,6 +77,9 @@ class _Entry:
 def _faiss() -> Any:
     import faiss  # heavy, optional: only when a cache is actually used
 
+    # One query against a small flat index gains nothing from threads, and faiss's OpenMP pool
+    # fights torch's over the same cores in a serving process (10-20x slower searches measured).
+    faiss.omp_set_num_threads(1)
     return faiss
 
 

@@ -139,6 +139,14 @@ class ExactCacheStage(CacheStage):
             return None
         return self.hit(call, entry, key=key[:16])
 
+    def after(self, call: Call, response: Response) -> None:
+        super().after(call, response)
+        # A semantic hit is the answer to this exact question too: keep it here, so the next
+        # identical question skips the embedding.
+        entry = call.state.get("semantic_entry")
+        if response.cached == "semantic" and entry and "exact_key" in call.state and self.applies(call):
+            self.guarded("store", self.backend.set, call.state["exact_key"], entry, self.ttl)
+
     def store(self, call: Call, response: Response) -> None:
         if "exact_key" in call.state:  # the lookup ran (a stage before it may have answered)
             self.guarded("store", self.backend.set, call.state["exact_key"], to_entry(response), self.ttl)
@@ -170,6 +178,7 @@ class SemanticCacheStage(CacheStage):
         if hit is None or not self.usable(call, hit.value):
             self.miss(call)
             return None
+        call.state["semantic_entry"] = hit.value  # the original answer, with its cost and usage
         return self.hit(call, hit.value, similarity=round(hit.score, 4), matched_query=hit.query, reason=hit.reason)
 
     def store(self, call: Call, response: Response) -> None:
