@@ -64,6 +64,14 @@ from .errors import (  # noqa: E402
     ValidationError,
 )
 from .abtest import ABTest, ABTestError, ab_test  # noqa: E402
+from .collaboration import (  # noqa: E402
+    PermissionDeniedError,
+    ProposalStateError,
+    approve_prompt,
+    pending_prompts,
+    propose_prompt,
+    reject_prompt,
+)
 from .chains import Chain, ChainResult, ChainStepError, Step, StepResult  # noqa: E402
 from .metrics import MetricResult  # noqa: E402
 from .routing import Router, RoutingDecision, estimate_complexity  # noqa: E402
@@ -97,6 +105,12 @@ __all__ = [
     "ABTest",
     "ABTestError",
     "ab_test",
+    "PermissionDeniedError",
+    "ProposalStateError",
+    "approve_prompt",
+    "pending_prompts",
+    "propose_prompt",
+    "reject_prompt",
     "Chain",
     "ChainResult",
     "ChainStepError",
