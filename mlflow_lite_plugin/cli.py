@@ -1,4 +1,4 @@
-"""The ``mlflow-lite`` command: ``demo``, ``query`` and ``cost``."""
+"""The ``mlflow-lite`` command: ``demo``, ``query``, ``cost`` and ``ui``."""
 
 from __future__ import annotations
 
@@ -95,6 +95,24 @@ def cost(prompt: str, model: str) -> None:
         sys.exit(1)
     price = "unknown price" if usd is None else f"${usd:.8f}"
     click.echo(f"{tokens} tokens, {price} as input to {client.models.resolve(model).name}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on; the UI has no login.")
+@click.option("--port", default=5055, show_default=True, type=int)
+@click.option(
+    "--experiment", envvar="MLFLOW_EXPERIMENT_NAME", default="Default", show_default=True,
+    help="MLflow experiment the playground traces to and the explorer and dashboard read.",
+)
+@click.option("--model", "-m", default="lite/echo", show_default=True, help="Default model of the playground.")
+@click.option("--api-base", default=None, help="Endpoint of a local or OpenAI-compatible server, for every call.")
+@click.option("--cache/--no-cache", default=True, show_default=True, help="Exact in-memory cache for the playground.")
+@click.option("--daily-budget", type=float, default=None, help="Daily spend limit in USD (set_budget).")
+def ui(**options: Any) -> None:
+    """Serve the web UI: prompt playground, trace explorer and cost dashboard."""
+    from .ui.app import serve  # FastAPI and uvicorn load only for this command
+
+    serve(**options)
 
 
 if __name__ == "__main__":
