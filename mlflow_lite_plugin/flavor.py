@@ -195,6 +195,8 @@ def log_model(
 
     ``validate_serving_input=True`` lets MLflow run ``input_example`` through the model at log
     time, as it does for other flavors; off by default because that is a paid provider call."""
+    # Before Model.log: it records the logged model's params before it calls save_model.
+    _refuse_credentials({"params": params or {}, **{k: v for k, v in settings.items() if k in _SETTINGS}})
     return Model.log(
         artifact_path=None,
         name=name or "model",
@@ -202,7 +204,7 @@ def log_model(
         registered_model_name=registered_model_name,
         metadata=metadata,
         tags=tags,
-        params={"llm": model, **{k: v for k, v in (params or {}).items() if not is_secret(k)}},
+        params={"llm": model, **(params or {})},
         model=model,
         prompt=prompt,
         completion_params=params,
@@ -236,11 +238,7 @@ def _config(
     for key, value in settings.items():
         if value is not None and not isinstance(value, Mapping):
             raise _invalid(f"{key} must be a dict of settings, got {type(value).__name__}")
-    for where in _credentials({"params": params, **settings}):
-        raise _invalid(
-            f"{where} holds a credential and would be written into the model: never save secrets. Give it "
-            "through the serving environment instead (OPENAI_API_KEY, ANTHROPIC_API_KEY, MLFLOW_LITE_REDIS_URL...)."
-        )
+    _refuse_credentials({"params": params, **settings})
     if cache_data is not None and semantic_cache is None:
         semantic_cache = {}  # known answers are served by the semantic cache
     if validate is not None and not _storable(validate):
@@ -527,6 +525,14 @@ def _storable(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(map(_storable, value))
     return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _refuse_credentials(sections: Mapping[str, Any]) -> None:
+    for where in _credentials(sections):
+        raise _invalid(
+            f"{where} holds a credential and would be written into the model: never save secrets. Give it "
+            "through the serving environment instead (OPENAI_API_KEY, ANTHROPIC_API_KEY, MLFLOW_LITE_REDIS_URL...)."
+        )
 
 
 def _credentials(value: Any, path: str = "") -> Iterator[str]:

@@ -262,3 +262,12 @@ def test_provider_failures_map_to_http_statuses(tmp_path, stub, api_key, fault, 
         bot.predict({"question": "anything new"})
     assert info.value.get_http_status_code() == status
     assert isinstance(info.value.__cause__, ml.ProviderError)
+
+
+def test_log_model_refuses_credentials_before_logging_anything(stub):
+    secret = "sk-pw-" + uuid.uuid4().hex
+    with mlflow.start_run() as run:
+        with pytest.raises(MlflowException, match="params.api_base"):
+            ml.log_model(name="leaky", model="gpt-4o", prompt=PROMPT, params={"api_base": f"http://u:{secret}@h/v1"})
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert all(secret not in json.dumps(m.params) for m in logged)
