@@ -18,8 +18,6 @@ from .metrics import Metrics, MetricsStage
 from .models import ModelResolver
 from .pipeline import Call, Pipeline, Stage, chat_inputs
 from . import budget as budget_module
-from . import datasets as datasets_module
-from . import feedback as feedback_module
 from .pricing import Pricing
 from .ratelimit import LocalSchedule, RateLimit, RateLimitStage, RedisSchedule
 from .providers import Provider
@@ -159,9 +157,11 @@ class Client:
         """Store a human ``rating`` (HUMAN feedback "rating") and/or ``correction`` (the expectation
         "expected_response") on an MLflow trace; with feedback learning on, they become few-shot
         examples for similar later queries. Returns the logged assessments."""
-        return feedback_module.record_feedback(
+        from . import feedback
+
+        return feedback.record_feedback(
             trace_id, rating, correction, user=user, comment=comment, scale=scale,
-            learner=feedback_module.learner_of(self.pipeline),
+            learner=feedback.learner_of(self.pipeline),
         )
 
     def set_feedback_learning(
@@ -176,7 +176,9 @@ class Client:
         """Turn corrections and top-rated answers into few-shot examples for later similar queries
         of the same system prompt or template (nearest by embedding), versioned in MLflow's
         Prompt Registry."""
-        return feedback_module.set_feedback_learning(
+        from . import feedback
+
+        return feedback.set_feedback_learning(
             self.pipeline, enabled, max_examples=max_examples, min_rating=min_rating,
             similarity=similarity, registry=registry,
         )
@@ -187,7 +189,9 @@ class Client:
         kept and dropped (``.to_pandas()``, ``.to_mlflow_dataset()``)."""
         self.flush_traces()  # this client's pending traces are part of the data
         options.setdefault("experiment", self.tracer.experiment)
-        return datasets_module.export_dataset(path, **options)
+        from . import datasets
+
+        return datasets.export_dataset(path, **options)
 
     # -- routing --
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import difflib
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .attachments import Image, attach, load_images
 from .errors import ArgumentError, check_number
-from .validation import Validator
+
+if TYPE_CHECKING:
+    from .validation import Validator
 
 # Keywords that are ours, not LiteLLM's: they shape the pipeline and are never sent to a provider.
 PIPELINE_KEYWORDS = frozenset(
@@ -189,4 +191,6 @@ def _validator(spec: Any, on_fail: Any, max_attempts: Any) -> Validator | None:
             name = "on_fail" if on_fail is not None else "max_attempts"
             raise ArgumentError(name, "only applies with validate= rules")
         return None
+    from .validation import Validator  # only calls with rules pay for its import
+
     return Validator(spec, on_fail=on_fail, max_attempts=max_attempts)

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ValidationError
 from .pipeline import Call, Stage, StopStream
-from .validation import StreamViolation, ValidationResult
 
 if TYPE_CHECKING:
     from .models import ModelRef
+    from .validation import StreamViolation, ValidationResult
     from .response import Response
 
 
@@ -64,6 +64,8 @@ class ValidationStage(Stage):
             checker = call.state["validation_stream"] = validator.incremental(
                 lambda t: call.pricing.count_tokens(model, t)
             )
+        from .validation import StreamViolation
+
         try:
             checker.feed(chunk)
         except StreamViolation as violation:
@@ -82,6 +84,8 @@ class ValidationStage(Stage):
             return
         stop: StreamViolation | None = call.state.get("validation_stop")
         if stop is not None:
+            from .validation import ValidationResult
+
             response.validation = ValidationResult(False, [str(stop)], [stop.rule])
         elif response.finish_reason == "cancelled":
             return  # the caller stopped reading: there is no whole answer to judge
