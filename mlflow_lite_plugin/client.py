@@ -370,15 +370,11 @@ class Client:
         caches = [s for s in self.pipeline.stages if isinstance(s, (ExactCacheStage, SemanticCacheStage))]
         if not caches:
             raise ArgumentError("answer", "no cache is enabled: call set_cache() or set_semantic_cache() first")
-        request = build_request(
-            model=model or self.model, prompt=prompt, messages=messages, system=system, kwargs=kwargs,
-            defaults=self.defaults,
-        )
-        models = [self.models.resolve(request.model)]
-        call = Call(request=request, models=models, span=tracing_module.NullSpan(), pricing=self.pricing)
+        call = self._call("cache", prompt, model, messages, system, kwargs, traced=False)
+        answering = call.models[0]
         known = Response(
-            text=answer, model=models[0].name, usage=usage_dict(0, 0), cost=None, latency=0.0,
-            finish_reason="stop", provider=models[0].provider, requested_model=request.model,
+            text=answer, model=answering.name, usage=usage_dict(0, 0), cost=None, latency=0.0,
+            finish_reason="stop", provider=answering.provider, requested_model=call.request.model,
         )
         for stage in caches:
             stage.remember(call, known)
@@ -545,8 +541,10 @@ class Client:
         stream: bool = False,
         labels: Mapping[str, str] | None = None,
         trace_tags: Mapping[str, str] | None = None,
+        traced: bool = True,
     ) -> Call:
-        """Build the request and open the root span; ``labels`` go on the span and trace tags."""
+        """Build the request and open the root span (``traced=False``: none); ``labels`` go on the
+        span and trace tags."""
         request = build_request(
             model=model or self.model,
             prompt=prompt,
@@ -557,6 +555,8 @@ class Client:
             stream=stream,
         )
         models = [self.models.resolve(name) for name in (request.model, *request.fallbacks)]
+        if not traced:
+            return Call(request=request, models=models, span=tracing_module.NullSpan(), pricing=self.pricing)
         span = self.tracer.start(
             f"mlflow_lite.{kind}",
             tracing_module.CHAT_MODEL,

@@ -31,7 +31,7 @@ latency, tokens, cache, validation, trace id, error) instead of strings.
 
 from __future__ import annotations
 
-import logging
+import json
 import math
 import os
 import re
@@ -83,8 +83,6 @@ DETAIL_COLUMNS = (
     "cached", "validation_passed", "validation_errors", "trace_id", "error",
 )
 _SETTINGS = ("cache", "semantic_cache", "rate_limit", "budget")
-
-_logger = logging.getLogger(__name__)
 
 
 def get_default_pip_requirements(semantic_cache: bool = False) -> list[str]:
@@ -507,16 +505,10 @@ def _detail(result: Response | BaseException) -> dict[str, Any]:
         "total_tokens": result.total_tokens,
         "cached": result.cached or "",
         "validation_passed": None if validation is None else validation.passed,
-        "validation_errors": _json(validation.errors if validation is not None else []),
+        "validation_errors": json.dumps(validation.errors if validation is not None else []),
         "trace_id": result.trace_id,
         "error": None,
     }
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def _storable(value: Any) -> bool:

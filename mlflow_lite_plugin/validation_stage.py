@@ -14,7 +14,7 @@ so an invalid answer is never cached.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import ValidationError
 from .pipeline import Call, Stage, StopStream
@@ -28,8 +28,13 @@ if TYPE_CHECKING:
 def check_answer(call: Call, text: str, model: ModelRef | None = None) -> ValidationResult:
     """Validate ``text`` against the call's rules (token lengths with ``model``'s tokenizer)."""
     assert call.request.validator is not None
-    model = model or call.state.get("answering_model") or call.models[0]
-    return call.request.validator.check(text, lambda t: call.pricing.count_tokens(model, t))
+    return call.request.validator.check(text, _token_counter(call, model))
+
+
+def _token_counter(call: Call, model: ModelRef | None = None) -> Callable[[str], int]:
+    """Token lengths with the tokenizer of ``model`` (default: the model answering the call)."""
+    chosen = model or call.state.get("answering_model") or call.models[0]
+    return lambda text: call.pricing.count_tokens(chosen, text)
 
 
 class ValidationStage(Stage):
@@ -60,10 +65,7 @@ class ValidationStage(Stage):
             return
         checker = call.state.get("validation_stream")
         if checker is None:
-            model = call.state.get("answering_model") or call.models[0]
-            checker = call.state["validation_stream"] = validator.incremental(
-                lambda t: call.pricing.count_tokens(model, t)
-            )
+            checker = call.state["validation_stream"] = validator.incremental(_token_counter(call))
         from .validation import StreamViolation
 
         try:
