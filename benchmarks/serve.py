@@ -10,12 +10,14 @@ latencies.
 
 1. ``mlflow_lite``: ``ml.save_model`` with an exact cache and a semantic cache warmed from
    ``cache_data`` (20 support questions). Requests are the cached questions and one paraphrase of
-   each, so every request is answered from the cache. (The saved model carries only the semantic
-   cache, and semantic hits are not copied into the exact cache, so both kinds are reported as
-   semantic hits: a cached question matches the normalised text with no embedding, a paraphrase
-   costs an embedding and a FAISS search.)
+   each, so every request is answered from the cache: the first time a text is seen by the
+   semantic cache (a cached question matches its normalised text, a paraphrase costs an embedding
+   and a FAISS search), then from the exact cache, where semantic hits are kept.
    Its ``api_base`` is a dead loopback port: a miss would fail the request, and the run stops.
-   Every request is traced into the benchmark's private sqlite MLflow store, as in production.
+   Every request is traced into the benchmark's private sqlite MLflow store, as deployed: under
+   ``mlflow models serve`` the model's traces are written by an exporter child process, in
+   batches (``mlflow_lite_plugin/trace_export.py``; ``--trace-export thread`` for the in-process
+   writer instead).
 2. ``no-op``: a ``mlflow.pyfunc.PythonModel`` whose ``predict`` returns the input strings.
 
 After the load, the script waits (``--trace-wait``) until the lite server has written one trace
@@ -24,7 +26,7 @@ per request, and reports how long its background trace writer lagged behind.
 Nothing here needs a network or an API key. Everything is written to a temporary directory that
 is deleted at the end. Run from the repository root::
 
-    python benchmarks/serve.py                                  # --requests 200 --concurrency 4
+    python benchmarks/serve.py                                  # --requests 400 --concurrency 4
     python benchmarks/serve.py --requests 50 --concurrency 2    # quick
 
 Diagnostics (where the time goes):
@@ -33,6 +35,8 @@ Diagnostics (where the time goes):
     --omp-threads 1                  OMP_NUM_THREADS=1 in both servers (torch and faiss each ship
                                      their own libgomp; their spinning thread pools contend)
     --trace-sampling 0               MLFLOW_TRACE_SAMPLING_RATIO=0 in the lite server (cost of tracing)
+    --trace-export thread            MLFLOW_LITE_TRACE_EXPORT=thread in the lite server (traces written
+                                     by a thread of the server process, not by the exporter process)
 
 The exit code is 0 whatever the ratio (this is a report, not a test); it is 1 if a request failed
 or a server did not start.
@@ -346,7 +350,7 @@ def wait_for_traces(expected: int, timeout: float) -> tuple[int, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=200, help="timed requests per client thread")
+    parser.add_argument("--requests", type=int, default=400, help="timed requests per client thread")
     parser.add_argument("--concurrency", type=int, default=4, help="client threads")
     parser.add_argument("--warmup", type=int, default=10, help="untimed requests per client thread")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of each server")
@@ -356,6 +360,8 @@ def main() -> int:
                         help="set OMP_NUM_THREADS in both servers (default: unset, as deployed)")
     parser.add_argument("--trace-sampling", type=float, default=None,
                         help="MLFLOW_TRACE_SAMPLING_RATIO of the lite server (diagnostic; default: unset, all traced)")
+    parser.add_argument("--trace-export", choices=("thread", "process"), default=None,
+                        help="MLFLOW_LITE_TRACE_EXPORT of the lite server (default: unset, i.e. process when served)")
     parser.add_argument("--trace-wait", type=float, default=120.0,
                         help="seconds to wait after the load for the lite server's traces to be written")
     args = parser.parse_args()
@@ -378,6 +384,8 @@ def main() -> int:
         extra_env = {}
         if name == "mlflow_lite" and args.trace_sampling is not None:
             extra_env["MLFLOW_TRACE_SAMPLING_RATIO"] = str(args.trace_sampling)
+        if name == "mlflow_lite" and args.trace_export is not None:
+            extra_env["MLFLOW_LITE_TRACE_EXPORT"] = args.trace_export
         server = serve(name, path, args.workers, extra_env)
         try:
             print(f"up in {server.startup_s:.1f} s; warming up ...", flush=True)
@@ -420,6 +428,8 @@ def main() -> int:
         omp += f", lite pool: {args.pool} only"
     if args.trace_sampling is not None:
         omp += f", lite MLFLOW_TRACE_SAMPLING_RATIO={args.trace_sampling}"
+    if args.trace_export is not None:
+        omp += f", lite MLFLOW_LITE_TRACE_EXPORT={args.trace_export}"
     print(f"\n=== Summary: {args.concurrency} client threads x {args.requests} requests, "
           f"{args.workers} uvicorn worker(s), {os.cpu_count()} CPUs{omp} ===")
     print(f"{'server':<14} {'requests':<13} {'req/s':>8} {'n':>6} {'p50 ms':>8} {'p95 ms':>8}")

@@ -508,8 +508,18 @@ class Client:
             raise ArgumentError("name", f"must be a non-empty experiment name, got {name!r}")
         self.tracer.experiment = name
 
-    def set_tracing(self, enabled: bool = True) -> None:
-        """Turn MLflow tracing of this client's calls on or off."""
+    def set_tracing(self, enabled: bool = True, export: str | None = None) -> None:
+        """Turn MLflow tracing of this client's calls on or off.
+
+        ``export`` chooses how traces are written: ``"thread"`` (a background thread of this
+        process; the default, or ``MLFLOW_LITE_TRACE_EXPORT``) or ``"process"`` (a child process
+        writing batches: for servers, see ``trace_export.py``).
+        """
+        if export is not None:
+            try:
+                self.tracer.export = export
+            except ValueError as exc:
+                raise ArgumentError("export", str(exc)) from None
         self.tracer.enabled = bool(enabled)
 
     def flush_traces(self, timeout: float = tracing_module.FLUSH_TIMEOUT) -> None:

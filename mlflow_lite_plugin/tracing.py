@@ -298,14 +298,43 @@ def autolog_logs_streams_separately() -> bool:
     return bool(callbacks) and all(map(_is_mlflow_callback, callbacks))
 
 
-class Tracer:
-    """Owns tracing settings of a client: on/off and the experiment traces go to."""
+EXPORT_MODES = ("thread", "process")
 
-    def __init__(self, enabled: bool = True, experiment: str | None = None):
+
+def export_mode(value: str | None) -> str:
+    """``thread`` (the default) or ``process``, from the argument or MLFLOW_LITE_TRACE_EXPORT."""
+    mode = value if value is not None else os.environ.get("MLFLOW_LITE_TRACE_EXPORT", "thread")
+    if mode not in EXPORT_MODES:
+        source = "export" if value is not None else "MLFLOW_LITE_TRACE_EXPORT"
+        raise ValueError(f"{source} must be one of {', '.join(EXPORT_MODES)}, got {mode!r}")
+    return mode
+
+
+class Tracer:
+    """Owns tracing settings of a client: on/off, the experiment traces go to, how they are written.
+
+    ``export="thread"`` replays each trace into MLflow from a background thread of this process,
+    with MLflow's full trace metadata. ``export="process"`` hands traces to a child process that
+    writes them in batches (``trace_export.py``): for servers, where the thread's CPU would be
+    taken from the requests.
+    """
+
+    def __init__(self, enabled: bool = True, experiment: str | None = None, export: str | None = None):
         self.enabled = enabled
         self.experiment = experiment
         self._experiment_ids: dict[tuple[str, str], str] = {}
-        self._writer = _Writer()
+        self._writer: _QueueWriter = _writer(export_mode(export))
+
+    @property
+    def export(self) -> str:
+        return self._writer.mode
+
+    @export.setter
+    def export(self, value: str) -> None:
+        mode = export_mode(value)
+        if mode != self._writer.mode:
+            self._writer.flush()
+            self._writer = _writer(mode)
 
     def start(
         self, name: str, span_type: str, inputs: Any, attributes: dict[str, Any], tags: dict[str, str]
@@ -338,16 +367,30 @@ class Tracer:
         return self._experiment_ids[key]
 
 
-class _Writer:
-    """A daemon thread replaying finished traces into MLflow, in order."""
+def _writer(mode: str) -> _QueueWriter:
+    if mode == "process":
+        from .trace_export import ProcessWriter
+
+        return ProcessWriter()
+    return _ThreadWriter()
+
+
+class _QueueWriter:
+    """Finished traces wait here, bounded, for a daemon thread that writes them in order."""
+
+    mode = ""
+    # Seconds a trace may wait for others to join its batch; 0 writes each at once. Waking the
+    # writer for every trace costs the serving threads GIL hand-offs.
+    linger = 0.0
+    max_batch = 200
 
     def __init__(self) -> None:
         self._pending: deque[_Trace] = deque()
         self._cond = threading.Condition()
-        self._busy = 0
-        self._unflushed = False  # written to MLflow since its export queue was last flushed
+        self._busy = 0  # submitted, not yet written (or given up)
         self._thread: threading.Thread | None = None
         self._warned_at = 0.0
+        self._flushing = 0
         self.dropped = 0
 
     def submit(self, trace: _Trace) -> None:
@@ -363,49 +406,81 @@ class _Writer:
                 self._thread = threading.Thread(target=self._run, name="mlflow-lite-traces", daemon=True)
                 self._thread.start()
                 atexit.register(self.flush)
-            self._cond.notify_all()
+            if not self.linger or len(self._pending) in (1, self.max_batch):
+                self._cond.notify_all()  # lingering: only to start a batch, or to cut a full one
 
     def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         with self._cond:
+            self._flushing += 1
+            self._cond.notify_all()
             while self._busy and time.monotonic() < deadline:
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
+            self._flushing -= 1
             if self._busy:
                 _logger.warning("%d MLflow trace(s) were not written within %.0f s", self._busy, timeout)
-            unflushed, self._unflushed = self._unflushed, False
-        mlflow = sys.modules.get("mlflow")
-        if unflushed and mlflow is not None and hasattr(mlflow, "flush_trace_async_logging"):
-            _safely(mlflow.flush_trace_async_logging)  # MLflow's own export queue
+        self._flushed()
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._pending:
                     self._cond.wait()
-                trace = self._pending.popleft()
-            try:
-                trace.experiment_id = trace.tracer._experiment_id()
-                assert trace.root is not None
-                trace.root._replay()
-                trace.ref.set(getattr(trace.root._live, "trace_id", None))
-            except Exception as exc:
-                self._warn(exc)
-                trace.ref.set(None)
-            finally:
-                # MLflow registers exit hooks when it (re)creates its tracer provider; exit hooks
-                # run last-registered-first, so re-register ours to flush before MLflow shuts down.
-                atexit.unregister(self.flush)
-                atexit.register(self.flush)
-                with self._cond:
-                    self._busy -= 1
-                    self._unflushed = True
-                    self._cond.notify_all()
+                if self.linger and len(self._pending) < self.max_batch and not self._flushing:
+                    self._cond.wait(self.linger)
+                batch = list(self._pending)
+                self._pending.clear()
+            self._write(batch)
+
+    def _write(self, batch: list[_Trace]) -> None:
+        raise NotImplementedError
+
+    def _flushed(self) -> None:
+        """After a flush: anything buffered downstream of this writer."""
+
+    def _done(self, ref: TraceRef, trace_id: str | None) -> None:
+        ref.set(trace_id)
+        with self._cond:
+            self._busy -= 1
+            if self._flushing:
+                self._cond.notify_all()
 
     def _warn(self, exc: Exception) -> None:
         now = time.monotonic()
         if now - self._warned_at > 60:  # once a minute, not once per call
             self._warned_at = now
             _logger.warning("Could not write an MLflow trace (calls are not affected): %s", exc)
+
+
+class _ThreadWriter(_QueueWriter):
+    """Replays each trace through MLflow's span API, in this process."""
+
+    mode = "thread"
+    _unflushed = False  # written to MLflow since its export queue was last flushed
+
+    def _write(self, batch: list[_Trace]) -> None:
+        for trace in batch:
+            trace_id = None
+            try:
+                trace.experiment_id = trace.tracer._experiment_id()
+                assert trace.root is not None
+                trace.root._replay()
+                trace_id = getattr(trace.root._live, "trace_id", None)
+            except Exception as exc:
+                self._warn(exc)
+            finally:
+                # MLflow registers exit hooks when it (re)creates its tracer provider; exit hooks
+                # run last-registered-first, so re-register ours to flush before MLflow shuts down.
+                atexit.unregister(self.flush)
+                atexit.register(self.flush)
+                self._unflushed = True
+                self._done(trace.ref, trace_id)
+
+    def _flushed(self) -> None:
+        mlflow = sys.modules.get("mlflow")
+        if self._unflushed and mlflow is not None and hasattr(mlflow, "flush_trace_async_logging"):
+            self._unflushed = False
+            _safely(mlflow.flush_trace_async_logging)  # MLflow's own export queue
 
 
 def _safely(fn: Any, *args: Any) -> None:
