@@ -1,9 +1,12 @@
 """Throughput of a served warm-cache ``mlflow_lite`` model versus a no-op pyfunc model.
 
-Both models are served the same way, one after the other: ``mlflow models serve --env-manager
-local`` with the same number of uvicorn workers. Each is driven by the same concurrent HTTP load:
-``--concurrency`` client threads, each with a keep-alive session, sending ``--requests``
-single-row ``dataframe_records`` payloads after a warm-up. The script prints requests/s of each
+Both models are served the same way, at the same time: ``mlflow models serve --env-manager
+local`` with the same number of uvicorn workers. They are driven by the same concurrent HTTP load
+in alternating rounds (``--rounds``; no-op, then lite, then no-op...), so that both see the machine
+in the same state: ``--concurrency`` client threads, each with a keep-alive session, sending
+``--requests`` single-row ``dataframe_records`` payloads in all (split over the rounds), after a
+warm-up. A lite round ends when its traces are written, so trace writing never overlaps a no-op
+round. The script prints requests/s of each
 server, their ratio (target: the served LLM app keeps at least 0.8x of the no-op throughput, i.e.
 our per-request work is small next to MLflow's own serving cost) and client-side p50/p95
 latencies.
@@ -20,14 +23,14 @@ latencies.
    writer instead).
 2. ``no-op``: a ``mlflow.pyfunc.PythonModel`` whose ``predict`` returns the input strings.
 
-After the load, the script waits (``--trace-wait``) until the lite server has written one trace
-per request, and reports how long its background trace writer lagged behind.
+After each lite round, the script waits (``--trace-wait``) until the lite server has written one
+trace per request, and reports how long its trace writing lagged behind.
 
 Nothing here needs a network or an API key. Everything is written to a temporary directory that
 is deleted at the end. Run from the repository root::
 
-    python benchmarks/serve.py                                  # --requests 400 --concurrency 4
-    python benchmarks/serve.py --requests 50 --concurrency 2    # quick
+    python benchmarks/serve.py                                  # --requests 800 --rounds 4 --concurrency 4
+    python benchmarks/serve.py --requests 100 --rounds 2 --concurrency 2   # quick
 
 Diagnostics (where the time goes):
 
@@ -240,6 +243,11 @@ class LoadResult:
     def rps(self) -> float:
         return self.requests / self.seconds
 
+    def merge(self, other: LoadResult) -> LoadResult:
+        latencies = {k: self.latencies.get(k, []) + other.latencies.get(k, []) for k in {*self.latencies, *other.latencies}}
+        return LoadResult(self.requests + other.requests, self.seconds + other.seconds, latencies,
+                          self.errors + other.errors)
+
     def all_latencies(self) -> list[float]:
         return [x for values in self.latencies.values() for x in values]
 
@@ -350,7 +358,8 @@ def wait_for_traces(expected: int, timeout: float) -> tuple[int, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=400, help="timed requests per client thread")
+    parser.add_argument("--requests", type=int, default=800, help="timed requests per client thread, over all rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of no-op and lite load")
     parser.add_argument("--concurrency", type=int, default=4, help="client threads")
     parser.add_argument("--warmup", type=int, default=10, help="untimed requests per client thread")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers of each server")
@@ -377,44 +386,53 @@ def main() -> int:
     lite_pool = [("cached question", q, a) for q, a, _ in FAQ] * (args.pool != "paraphrases") + \
         [("paraphrase", p, a) for _, a, p in FAQ] * (args.pool != "questions")
     noop_pool = [("echo", q, q) for _, q, _ in lite_pool]
+    pools = {"no-op pyfunc": noop_pool, "mlflow_lite": lite_pool}
+    lite_env = {}
+    if args.trace_sampling is not None:
+        lite_env["MLFLOW_TRACE_SAMPLING_RATIO"] = str(args.trace_sampling)
+    if args.trace_export is not None:
+        lite_env["MLFLOW_LITE_TRACE_EXPORT"] = args.trace_export
+    traced = args.trace_sampling is None
+    servers: dict[str, Server] = {}
     results: dict[str, LoadResult] = {}
-    traces: tuple[int, int, float] | None = None  # (written, expected, seconds after the load)
-    for name, path, pool in (("no-op pyfunc", noop_path, noop_pool), ("mlflow_lite", lite_path, lite_pool)):
-        print(f"\n=== {name}: mlflow models serve --env-manager local --workers {args.workers} ===", flush=True)
-        extra_env = {}
-        if name == "mlflow_lite" and args.trace_sampling is not None:
-            extra_env["MLFLOW_TRACE_SAMPLING_RATIO"] = str(args.trace_sampling)
-        if name == "mlflow_lite" and args.trace_export is not None:
-            extra_env["MLFLOW_LITE_TRACE_EXPORT"] = args.trace_export
-        server = serve(name, path, args.workers, extra_env)
-        try:
+    traces: tuple[int, int, float] | None = None  # (written, expected, seconds waited after the last round)
+    try:
+        for name, path, env in (("no-op pyfunc", noop_path, {}), ("mlflow_lite", lite_path, lite_env)):
+            print(f"\n=== {name}: mlflow models serve --env-manager local --workers {args.workers} ===", flush=True)
+            servers[name] = server = serve(name, path, args.workers, env)
             print(f"up in {server.startup_s:.1f} s; warming up ...", flush=True)
             first = time.perf_counter()
-            post(requests.Session(), server.url, payload(pool[-1][1]))  # loads the embedding model
+            post(requests.Session(), server.url, payload(pools[name][-1][1]))  # loads the embedding model
             print(f"first request: {ms(time.perf_counter() - first)} ms", flush=True)
-            sent = 1
-            if name == "mlflow_lite":
-                kinds = check_lite_cache(server)
-                sent += sum(kinds.values())
-                print(f"cache check: all {sum(kinds.values())} pool questions are cache hits, by kind: {kinds}",
-                      flush=True)
-            result = drive(server, pool, args.requests, args.concurrency, args.warmup)
-            sent += result.requests + args.warmup * args.concurrency
-            if name == "mlflow_lite" and not result.errors and args.trace_sampling is None:
-                # One trace per request, written by a background thread: does it keep up?
-                written, waited = wait_for_traces(sent, args.trace_wait)
-                traces = (written, sent, waited)
-        except Exception:
-            print(server.log_tail(), file=sys.stderr)
-            raise
-        finally:
+        kinds = check_lite_cache(servers["mlflow_lite"])
+        print(f"cache check: all {sum(kinds.values())} pool questions are cache hits, by kind: {kinds}", flush=True)
+        sent = 1 + sum(kinds.values())  # lite requests so far, one trace each
+        if traced:
+            wait_for_traces(sent, args.trace_wait)
+        # Rounds alternate the servers, so both see the same machine; a lite round ends when its
+        # traces are written, so its exporter never runs during a no-op round.
+        per_thread = max(1, args.requests // args.rounds)
+        for round_number in range(1, args.rounds + 1):
+            line = []
+            for name in ("no-op pyfunc", "mlflow_lite"):
+                result = drive(servers[name], pools[name], per_thread, args.concurrency, args.warmup)
+                if result.errors:
+                    server = servers[name]
+                    print(f"{name}: {len(result.errors)} request(s) failed, first: {result.errors[0]}\n"
+                          f"{server.log_tail()}", file=sys.stderr)
+                    return 1
+                results[name] = results[name].merge(result) if name in results else result
+                line.append(f"{name} {result.rps:.1f} req/s")
+                if name == "mlflow_lite":
+                    sent += result.requests + args.warmup * args.concurrency
+                    if traced:
+                        written, waited = wait_for_traces(sent, args.trace_wait)
+                        traces = (written, sent, waited)
+                        line.append(f"traces written {written}/{sent}, {waited:.1f} s after the round")
+            print(f"round {round_number}: " + "; ".join(line), flush=True)
+    finally:
+        for server in servers.values():
             stop(server)
-        if result.errors:
-            print(f"{name}: {len(result.errors)} request(s) failed, first: {result.errors[0]}\n{server.log_tail()}",
-                  file=sys.stderr)
-            return 1
-        results[name] = result
-        print(f"{result.requests} requests in {result.seconds:.2f} s: {result.rps:.1f} req/s", flush=True)
 
     noop, lite = results["no-op pyfunc"], results["mlflow_lite"]
     ratio = lite.rps / noop.rps
@@ -430,7 +448,7 @@ def main() -> int:
         omp += f", lite MLFLOW_TRACE_SAMPLING_RATIO={args.trace_sampling}"
     if args.trace_export is not None:
         omp += f", lite MLFLOW_LITE_TRACE_EXPORT={args.trace_export}"
-    print(f"\n=== Summary: {args.concurrency} client threads x {args.requests} requests, "
+    print(f"\n=== Summary: {args.rounds} rounds x {args.concurrency} client threads x {per_thread} requests, "
           f"{args.workers} uvicorn worker(s), {os.cpu_count()} CPUs{omp} ===")
     print(f"{'server':<14} {'requests':<13} {'req/s':>8} {'n':>6} {'p50 ms':>8} {'p95 ms':>8}")
     for server_name, kind, rps, values in rows:
@@ -442,7 +460,7 @@ def main() -> int:
     if traces is not None:
         written, expected, waited = traces
         state = "all written" if written >= expected else f"gave up after {args.trace_wait:.0f} s"
-        print(f"mlflow_lite traces: {written}/{expected} requests traced, {waited:.1f} s after the load ({state})")
+        print(f"mlflow_lite traces: {written}/{expected} requests traced, {waited:.1f} s after the last round ({state})")
     return 0
 
 
