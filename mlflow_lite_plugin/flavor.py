@@ -504,7 +504,7 @@ def _detail(result: Response | BaseException) -> dict[str, Any]:
         response = getattr(result, "response", None)  # a ValidationError still has its answer
         row = _detail(response) if isinstance(response, Response) else dict.fromkeys(DETAIL_COLUMNS)
         row["error"] = f"{type(result).__name__}: {result}"
-        row["trace_id"] = getattr(result, "trace_id", None) or row.get("trace_id")
+        row["trace_id"] = _trace_id(result) or row.get("trace_id")
         return row
     validation = result.validation
     return {
@@ -518,9 +518,15 @@ def _detail(result: Response | BaseException) -> dict[str, Any]:
         "cached": result.cached or "",
         "validation_passed": None if validation is None else validation.passed,
         "validation_errors": json.dumps(validation.errors if validation is not None else []),
-        "trace_id": result.trace_id,
+        "trace_id": _trace_id(result),
         "error": None,
     }
+
+
+def _trace_id(result: Response | BaseException) -> str | None:
+    """The row's trace id; a served request does not wait for its trace to be written."""
+    ref = getattr(result, "_trace", None)
+    return ref.known_id() if ref is not None else None
 
 
 def _storable(value: Any) -> bool:

@@ -13,7 +13,8 @@ uses), about 10x less CPU per trace. It acknowledges each trace on its stdout, w
 Traces written this way carry the same spans, attributes, events, tags, request/response previews,
 token usage, cost and feedback; MLflow's client-side trace metadata (``mlflow.user``,
 ``mlflow.source.*``) is not set. The child exits when this process closes the pipe (at its exit),
-after writing what it was given; it ignores SIGINT and SIGTERM sent to the serving process group.
+after writing what it was given, even if that process was killed; it runs in its own session, so
+signals sent to the server's process group do not reach it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import os
 import queue
 import random
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -50,7 +50,7 @@ NICE = 19  # the child yields the CPU to the serving process
 
 def trace_record(trace: _Trace, tracking_uri: str, experiment_id: str) -> dict[str, Any]:
     """A finished trace as plain data: ids are chosen here, so the child needs nothing else."""
-    assert trace.root is not None
+    assert trace.root is not None and trace.key is not None
     spans: list[dict[str, Any]] = []
 
     def add(span: Span, parent_id: str | None) -> None:
@@ -65,7 +65,7 @@ def trace_record(trace: _Trace, tracking_uri: str, experiment_id: str) -> dict[s
             add(child, span_id)
 
     add(trace.root, None)
-    return {"key": secrets.token_hex(16), "tracking_uri": tracking_uri, "experiment_id": experiment_id,
+    return {"key": trace.key, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
             "tags": trace.tags, "feedback": trace.feedback, "spans": spans}
 
 
@@ -100,6 +100,8 @@ class ProcessWriter(_QueueWriter):
         if random.random() >= _sampling_ratio():
             trace.ref.set(None)
             return
+        trace.key = secrets.token_hex(16)  # the OTel trace id; MLflow's id is "tr-" + it
+        trace.ref.planned_id = "tr-" + trace.key
         super().submit(trace)
 
     def _write(self, batch: list[_Trace]) -> None:
@@ -154,6 +156,9 @@ class _Child:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=None,  # its warnings go where ours go
+            # Its own session: a SIGTERM or Ctrl-C sent to the server's process group must not
+            # kill it while it holds traces; it exits when our end of the pipe closes.
+            start_new_session=True,
         )
         threading.Thread(target=self._read_acks, name="mlflow-lite-trace-acks", daemon=True).start()
 
@@ -203,10 +208,6 @@ def main() -> None:
         os.nice(NICE)
     except OSError:
         pass
-    # The serving process's group may be signalled (Ctrl-C, SIGTERM): finish the traces that
-    # were handed over, and exit when the parent closes the pipe.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="mlflow-lite trace exporter: %(levelname)s %(message)s")
     out = sys.stdout
     sys.stdout = sys.stderr  # our stdout is the acknowledgement channel: nothing else may print there

@@ -50,10 +50,16 @@ class TraceRef:
     def __init__(self) -> None:
         self._done = threading.Event()
         self._trace_id: str | None = None
+        self.planned_id: str | None = None  # the id it will be written under, when known in advance
 
     def set(self, trace_id: str | None) -> None:
         self._trace_id = None if trace_id == _NO_OP_TRACE_ID else trace_id
         self._done.set()
+
+    def known_id(self) -> str | None:
+        """The id without waiting for the write, when it is known in advance (process export):
+        for answers that must not wait, like a served model's rows."""
+        return self.planned_id if self.planned_id and not self._done.is_set() else self.trace_id
 
     @property
     def trace_id(self) -> str | None:
@@ -233,6 +239,7 @@ class _Trace:
         self.experiment_id: str | None = tracer._experiment_id() if live else None
         self.root: Span | None = None
         self.feedback: list[dict[str, Any]] = []
+        self.key: str | None = None  # chosen by a writer that picks the trace id itself
 
     def finish(self) -> None:
         if not self.live:

@@ -98,22 +98,21 @@ def start_server(model_uri: str, workdir: Path, env: dict[str, str]) -> Served:
 
 
 def stop_server(served: Served) -> None:
-    """SIGTERM to the server's process group (the CLI and its uvicorn child), SIGKILL if it hangs."""
-    proc = served.proc
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+    """SIGTERM to the server's process group (the CLI, its uvicorn worker and the trace exporter),
+    as a deployment stops a replica; SIGKILL what is left after a grace period."""
+    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(served.proc.pid, sig)
         except ProcessLookupError:
             break
+        deadline = time.monotonic() + grace
         try:
-            proc.wait(wait)
-            # The uvicorn child may outlive the CLI for a moment: give the group the same chance.
-            os.killpg(proc.pid, 0)
-            time.sleep(0.5)
+            while time.monotonic() < deadline:
+                served.proc.poll()  # reaps the CLI, so only live members keep the group
+                os.killpg(served.proc.pid, 0)
+                time.sleep(0.2)
         except ProcessLookupError:
             break
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +297,64 @@ def test_a_password_in_a_url_parameter_is_refused(tmp_path: Path):
     secret = "sk-pw-0123456789abcdef"
     with pytest.raises(MlflowException, match="api_base"):
         ml.save_model(tmp_path / "m", model="gpt-4o", prompt=PROMPT, params={"api_base": f"http://user:{secret}@127.0.0.1:9/v1"})
+
+
+# -- trace export when served --
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> command line of every live process under ``pid``."""
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = {}, list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found[child] = commands.get(child, "")
+        todo += children.get(child, [])
+    return found
+
+
+def _exporters(pid: int) -> list[int]:
+    return [child for child, cmd in _descendants(pid).items() if "mlflow_lite_plugin.trace_export" in cmd]
+
+
+def test_a_served_model_writes_traces_from_an_exporter_process_that_stops_with_it(
+    registered: dict, stub: StubLLMServer, tmp_path: Path
+):
+    """Under ``mlflow models serve`` the traces are written by the exporter child (not by a thread
+    of the server), and stopping the server the usual way (SIGTERM to its group) leaves no
+    exporter behind and loses no trace."""
+    env = dict(os.environ, OPENAI_API_KEY=KEY, MLFLOW_ENABLE_ASYNC_TRACE_LOGGING="true")
+    env.pop("MLFLOW_LITE_TRACE_EXPORT", None)
+    env.pop("PYTEST_CURRENT_TEST", None)
+    served = start_server(registered["uri"], tmp_path, env)
+    try:
+        questions = [f"Is there a plan for {n} seats?" for n in range(5)]
+        rows = served.predictions(records(*questions, return_details=True))  # ids known before the write
+        deadline = time.monotonic() + 20
+        while not (exporters := _exporters(served.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the writer starts the exporter with its first batch
+        assert len(exporters) == 1, _descendants(served.proc.pid)
+    finally:
+        stop_server(served)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{exporters[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stat = Path(f"/proc/{exporters[0]}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", "the exporter outlived the server"
+    for row in rows:
+        trace = _find_trace(row["trace_id"])
+        assert trace is not None, f"trace {row['trace_id']} was lost when the server stopped"
+        root = trace.data.spans[0]
+        assert root.name == "mlflow_lite.query" and trace.info.tags["mlflow_lite.model"] == "gpt-4o"

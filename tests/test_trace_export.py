@@ -158,15 +158,43 @@ def test_a_dead_exporter_loses_only_what_it_had_and_is_replaced(stub, openai_kw,
     assert client.tracer._writer._child._proc.pid != child.pid
 
 
-def test_the_exporter_ignores_sigterm_sent_to_the_serving_process_group(stub, openai_kw):
-    client = ml.Client()
-    client.set_tracing(export="process")
-    client.query(model="gpt-4o", prompt="warm", **openai_kw).trace_id
-    child = client.tracer._writer._child._proc
-    os.kill(child.pid, signal.SIGTERM)
-    os.kill(child.pid, signal.SIGINT)
-    r = client.query(model="gpt-4o", prompt="still exporting", **openai_kw)
-    assert get_trace(r.trace_id) and child.poll() is None
+def test_the_exporter_writes_what_it_was_given_when_its_process_is_killed(stub, openai_kw):
+    """SIGKILL the calling process while its traces sit unacknowledged in the pipe: the exporter,
+    in its own session, still writes them all, then exits."""
+    marker = uuid.uuid4().hex
+    script = textwrap.dedent(f"""
+        import sys, time
+        import mlflow_lite_plugin as ml
+        ml.set_tracing(export="process")
+        kw = dict(model="gpt-4o", api_base={openai_kw['api_base']!r}, api_key={openai_kw['api_key']!r})
+        ml.query("start the exporter", **kw).trace_id
+        writer = ml.get_default_client().tracer._writer
+        print(writer._child._proc.pid, flush=True)
+        sys.stdin.readline()  # the test stops the exporter here
+        for i in range(10):
+            ml.query("killed {{}}".format(i), tags={{"test_marker": "{marker}"}}, **kw)
+        while len(writer._child._waiting) < 10:  # all ten sent, none acknowledged
+            time.sleep(0.01)
+        print("sent", flush=True)
+        time.sleep(600)
+    """)
+    caller = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        exporter = int(caller.stdout.readline())
+        assert os.getsid(exporter) != os.getsid(caller.pid)  # out of reach of the caller's group
+        os.kill(exporter, signal.SIGSTOP)
+        caller.stdin.write("go\n")
+        caller.stdin.flush()
+        assert caller.stdout.readline().strip() == "sent"
+        os.killpg(caller.pid, signal.SIGKILL)  # no atexit flush, no goodbye
+        caller.wait(10)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+        os.kill(exporter, signal.SIGCONT)
+    _assert_exits(exporter, "the exporter did not exit after its caller died")
+    assert len(_traces_tagged(marker)) == 10
 
 
 def test_traces_are_written_at_exit_and_the_exporter_exits_with_the_process(stub, openai_kw, store_dir):
@@ -188,14 +216,19 @@ def test_traces_are_written_at_exit_and_the_exporter_exits_with_the_process(stub
     env = dict(os.environ, MLFLOW_ENABLE_ASYNC_TRACE_LOGGING="true")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    child_pid = int(done.stdout.split()[-1])
-    deadline = time.monotonic() + 20
-    while _alive(child_pid) and time.monotonic() < deadline:
+    _assert_exits(int(done.stdout.split()[-1]), "the trace exporter outlived its process")
+    assert len(_traces_tagged(marker)) == 25
+
+
+def _assert_exits(pid: int, message: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(child_pid), "the trace exporter outlived its process"
-    traces = mlflow.search_traces(filter_string=f"tags.test_marker = '{marker}'", return_type="list",
-                                  max_results=100)
-    assert len(traces) == 25
+    assert not _alive(pid), message
+
+
+def _traces_tagged(marker: str) -> list:
+    return mlflow.search_traces(filter_string=f"tags.test_marker = '{marker}'", return_type="list", max_results=100)
 
 
 def _alive(pid: int) -> bool:
