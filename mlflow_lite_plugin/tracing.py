@@ -37,6 +37,8 @@ LLM_COST = "mlflow.llm.cost"
 LLM_MODEL = "mlflow.llm.model"
 LLM_PROVIDER = "mlflow.llm.provider"
 
+# A call nested under the caller's span keeps its trace tags here, as a root span attribute.
+NESTED_TAGS = "mlflow_lite.trace_tags"
 _NO_OP_TRACE_ID = "MLFLOW_NO_OP_SPAN_TRACE_ID"
 FLUSH_TIMEOUT = float(os.environ.get("MLFLOW_LITE_TRACE_FLUSH_TIMEOUT", "30"))
 # Traces waiting for the writer beyond this are dropped (and counted): under a load the tracking
@@ -166,13 +168,17 @@ class Span:
 
         parent_live = self.parent._live if self.parent is not None else self._trace.parent_live
         is_root = self.parent is None
+        attributes = self.attributes
+        if is_root and parent_live is not None and self._trace.tags:
+            # Trace tags belong to the caller's trace; keep ours (routing, A/B, template) on our span.
+            attributes = {**attributes, NESTED_TAGS: dict(self._trace.tags)}
         try:
             self._live = mlflow.start_span_no_context(
                 name=self.name,
                 span_type=self.span_type,
                 parent_span=parent_live,
                 inputs=self.inputs,
-                attributes=self.attributes,
+                attributes=attributes,
                 tags=self._trace.tags if is_root and parent_live is None else None,
                 experiment_id=self._trace.experiment_id if is_root and parent_live is None else None,
                 start_time_ns=self.start_ns,

@@ -132,6 +132,17 @@ def test_decision_is_on_the_trace_tags(client, stub, openai_kw):
     assert "mlflow_lite.route_upgraded_from" not in tags
 
 
+def test_decision_of_a_call_nested_in_a_user_span_is_on_its_span(client, stub, openai_kw):
+    import mlflow
+
+    with mlflow.start_span("my_app") as app:
+        r = smart_query(client, "Solve x^2 + 3x - 10 = 0.", **openai_kw)
+    spans = {s.name: s for s in get_trace(app.trace_id).data.spans}
+    tags = spans["mlflow_lite.query"].attributes["mlflow_lite.trace_tags"]
+    assert r.trace_id == app.trace_id
+    assert tags["mlflow_lite.route_tier"] == "quality" and tags["mlflow_lite.route_reasons"] == "math expression"
+
+
 def test_forced_complexity(client, stub, openai_kw):
     r = smart_query(client, "Hi!", complexity="high", **openai_kw)
     assert r.routing.tier == "quality" and r.routing.level == "high"

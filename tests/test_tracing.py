@@ -84,12 +84,16 @@ def test_set_tracing_off(stub, openai_kw):
 
 def test_nests_under_callers_active_span(client, stub, openai_kw):
     with mlflow.start_span("my_app") as parent:
-        r = client.query(model="gpt-4o", prompt="nested", **openai_kw)
+        r = client.query(model="gpt-4o", prompt="nested", tags={"team": "search"}, **openai_kw)
     assert r.trace_id == parent.trace_id
-    spans = get_trace(parent.trace_id).data.spans
-    names = {s.name: s for s in spans}
+    trace = get_trace(parent.trace_id)
+    names = {s.name: s for s in trace.data.spans}
     assert names["mlflow_lite.query"].parent_id == parent.span_id
     assert names["openai/gpt-4o (attempt 1)"].parent_id == names["mlflow_lite.query"].span_id
+    # The trace is the caller's: our tags stay on our span instead of being lost.
+    assert "team" not in trace.info.tags
+    assert names["mlflow_lite.query"].attributes["mlflow_lite.trace_tags"] == {
+        "mlflow_lite.model": "gpt-4o", "team": "search"}
 
 
 def test_litellm_autolog_does_not_log_twice(client, stub, openai_kw):
