@@ -567,11 +567,14 @@ class Client:
         models = [self.models.resolve(name) for name in (request.model, *request.fallbacks)]
         if not traced:
             return Call(request=request, models=models, span=tracing_module.NullSpan(), pricing=self.pricing)
+        attributes = {"mlflow_lite.requested_model": request.model, "mlflow_lite.kind": kind, **(labels or {})}
+        if request.namespace:  # scopes what feedback on this call may teach (feedback.py)
+            attributes["mlflow_lite.namespace"] = request.namespace
         span = self.tracer.start(
             f"mlflow_lite.{kind}",
             tracing_module.CHAT_MODEL,
             inputs=chat_inputs(request.messages, request.model, request.images),
-            attributes={"mlflow_lite.requested_model": request.model, "mlflow_lite.kind": kind, **(labels or {})},
+            attributes=attributes,
             tags={"mlflow_lite.model": request.model, **(labels or {}), **(trace_tags or {}), **request.tags},
         )
         return Call(request=request, models=models, span=span, pricing=self.pricing)

@@ -12,7 +12,8 @@ as assessments with a ``HUMAN`` source, so MLflow's UI, ``mlflow.search_traces``
 
 With feedback learning on, corrections and top-rated answers become few-shot examples:
 :class:`FeedbackLearner` keeps them per *scope* (the system prompt, plus the template's name for
-template calls), embedded with the bundled MiniLM model, and versions each scope's examples in
+template calls and the call's ``namespace``, so one tenant's corrections never reach another's
+prompts), embedded with the bundled MiniLM model, and versions each scope's examples in
 MLflow's Prompt Registry as a chat prompt ``mlflow_lite_examples_<scope key>``.
 :class:`FewShotStage` then puts the nearest examples of the same scope in front of later similar
 questions.
@@ -52,6 +53,7 @@ HUMAN = "HUMAN"
 DEFAULT_SCALE: tuple[float, float] = (1, 5)
 ROOT_SPANS = ("mlflow_lite.query", "mlflow_lite.stream")
 TEMPLATE_TAG = "mlflow_lite.template"
+NAMESPACE_ATTRIBUTE = "mlflow_lite.namespace"  # on the root span of a call with namespace=
 EXAMPLES_PREFIX = "mlflow_lite_examples_"
 # Prompt Registry keeps a template in a tag of at most 100,000 characters: leave room for JSON.
 _MAX_PROMPT_CHARS = 90_000
@@ -268,12 +270,18 @@ def _log(
 # -- learning from feedback --
 
 
-def scope_of(messages: Sequence[Mapping[str, Any]], template: str | None = None) -> str:
-    """What examples are shared within: the system prompt, plus the template name if any."""
+def scope_of(
+    messages: Sequence[Mapping[str, Any]], template: str | None = None, namespace: str | None = None
+) -> str:
+    """What examples are shared within: the system prompt, plus the template name and the call's
+    ``namespace`` (a tenant's corrections are never shown to another) if any."""
     system = "\n".join(
         content_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
     )
-    return json.dumps({"template": template, "system": system}, ensure_ascii=False)
+    scope: dict[str, Any] = {"template": template, "system": system}
+    if namespace is not None:  # absent otherwise, so the keys of un-namespaced scopes stay as they were
+        scope["namespace"] = namespace
+    return json.dumps(scope, ensure_ascii=False)
 
 
 def scope_key(scope: str) -> str:
@@ -379,7 +387,7 @@ class FeedbackLearner:
             return None
         example = Example(question, answer, trace.info.trace_id, "correction" if correction else "rating")
         template = trace.info.tags.get(TEMPLATE_TAG)
-        self._add(scope_of(messages, template), example, template)
+        self._add(scope_of(messages, template, root.attributes.get(NAMESPACE_ATTRIBUTE)), example, template)
         _logger.info("Learned a few-shot example (%s) from trace %s", example.source, example.trace_id)
         return example
 
@@ -397,14 +405,18 @@ class FeedbackLearner:
     # -- looking up --
 
     def matches(
-        self, messages: Sequence[Mapping[str, Any]], template: str | None = None, k: int | None = None
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        template: str | None = None,
+        k: int | None = None,
+        namespace: str | None = None,
     ) -> list[Match]:
         """The stored examples of this scope nearest to the last user message, best first, with
         cosine similarity at least ``threshold``; at most ``k`` (default ``max_examples``)."""
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
             raise ArgumentError("k", f"must be an int >= 1, got {k!r}")
         question = last_user_text(messages)
-        key = scope_key(scope_of(messages, template))
+        key = scope_key(scope_of(messages, template, namespace))
         with self._lock:
             stored = list(self._scopes.get(key, ()))
         if not stored or not question.strip():
@@ -416,10 +428,14 @@ class FeedbackLearner:
         return [Match(stored[i].example, float(scores[i])) for i in best if scores[i] >= self.threshold]
 
     def examples_for(
-        self, messages: Sequence[Mapping[str, Any]], template: str | None = None, k: int | None = None
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        template: str | None = None,
+        k: int | None = None,
+        namespace: str | None = None,
     ) -> list[tuple[str, str]]:
         """``(question, answer)`` of the nearest examples of the same scope (see ``matches``)."""
-        return [(m.example.question, m.example.answer) for m in self.matches(messages, template, k)]
+        return [(m.example.question, m.example.answer) for m in self.matches(messages, template, k, namespace)]
 
     def examples(self, scope: str) -> list[Example]:
         """Every stored example of ``scope`` (from ``scope_of``), oldest first."""
@@ -583,16 +599,16 @@ class FewShotStage(Stage):
         if not self.learner.enabled:
             return None
         template = getattr(call.span, "attributes", {}).get(TEMPLATE_TAG)  # None when tracing is off
-        messages = call.request.messages
+        messages, namespace = call.request.messages, call.request.namespace
         try:
-            found = self.learner.matches(messages, template)
+            found = self.learner.matches(messages, template, namespace=namespace)
         except Exception as exc:
             _logger.warning("Few-shot lookup failed (the call goes on without examples): %s", exc)
             return None
         if found:
             # A new list, not an edit: the root span's inputs hold the caller's list.
             call.request.messages = with_examples(messages, [m.example for m in found])
-            _record(call, found, scope_key(scope_of(messages, template)))
+            _record(call, found, scope_key(scope_of(messages, template, namespace)))
         return None
 
 

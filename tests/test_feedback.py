@@ -202,6 +202,28 @@ def test_examples_stay_in_their_scope(stub, openai_kw):
     assert learner.examples_for([{"role": "user", "content": SIMILAR}]) == []
 
 
+def test_a_namespace_keeps_its_corrections_to_itself(stub, openai_kw):
+    """namespace= separates tenants in the cache; their corrections must not cross either."""
+    system = new_system()
+    client, learner = learning_client()
+    corrected = ask(client, openai_kw, system=system, namespace="tenant-a")
+    assert get_trace(corrected).data.spans[0].attributes["mlflow_lite.namespace"] == "tenant-a"
+    record_feedback(corrected, correction=FIXED, learner=learner)
+
+    for namespace in ("tenant-b", None):
+        ask(client, openai_kw, SIMILAR, system=system, **({"namespace": namespace} if namespace else {}))
+        assert sent_messages(stub) == asking(system), namespace
+    ask(client, openai_kw, SIMILAR, system=system, namespace="tenant-a")
+    assert sent_messages(stub) == [
+        {"role": "system", "content": system},
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": FIXED},
+        {"role": "user", "content": SIMILAR},
+    ]
+    assert learner.examples_for(asking(system), namespace="tenant-a") == [(QUESTION, FIXED)]
+    assert learner.examples_for(asking(system)) == []
+
+
 def test_examples_are_versioned_in_the_prompt_registry(stub, openai_kw):
     import mlflow
 
