@@ -65,9 +65,12 @@ reported as ``metric.<name>``.
 
 - "No significant difference" is not proof of equivalence. With few samples, a real loss of
   quality can go undetected, so choose ``min_samples`` for the effect size you care about.
-- Each report is a fixed-sample test. Reading reports repeatedly and stopping at the first winner
-  raises the false-positive rate, so plan ``min_samples`` up front or use a stricter
-  ``confidence``.
+- By default each report is a fixed-sample test. Reading reports repeatedly and stopping at the
+  first winner raises the false-positive rate (to about 24% at 0.95 over 20 looks, in
+  ``tests/test_stats.py``), so either plan ``min_samples`` up front and decide once, or pass
+  ``sequential=True``: every test then uses always-valid p-values and confidence sequences
+  (mSPRT, see ``stats.py``), which keep the error rate under ``1 - confidence`` however often the
+  report is read, at the cost of wider intervals and larger samples for the same effect.
 """
 
 from __future__ import annotations
@@ -304,13 +307,15 @@ class ABReport:
     variants: dict[str, VariantStats]
     comparisons: list[Comparison]
     run_id: str | None = None  # the MLflow run it was logged to
+    sequential: bool = False  # always-valid p-values: safe to read after every answer
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
 
     def __str__(self) -> str:
         headline = f"A/B test {self.test!r}: " + (f"winner {self.winner}" if self.winner else self.status)
-        settings = f"(confidence {self.confidence:g}, at least {self.min_samples} samples per variant)"
+        settings = f"(confidence {self.confidence:g}, at least {self.min_samples} samples per variant" + \
+            (", sequential)" if self.sequential else ")")
         return "\n\n".join([f"{headline} {settings}\n{self.reason}", _variant_table(self), _comparison_table(self)])
 
 
@@ -323,6 +328,7 @@ def build_report(
     min_samples: int,
     confidence: float,
     goals: Mapping[str, str],
+    sequential: bool = False,
 ) -> ABReport:
     """The report of ``observations`` (``ratings`` maps trace ids to their ratings); see the
     module docstring for the decision rule. Pure: no MLflow."""
@@ -333,9 +339,10 @@ def build_report(
     values = {name: _values(group, ratings) for name, group in groups.items()}
     variants = {name: _variant_stats(name, weights[name], groups[name], values[name]) for name in weights}
     active = [name for name in weights if weights[name] > 0 or groups[name]]
-    comparisons = _compare(active, values, goals, min_samples, confidence)
+    comparisons = _compare(active, values, goals, min_samples, confidence, sequential)
     status, winner, reason = _decide(active, groups, comparisons, min_samples)
-    return ABReport(test, status, winner, reason, confidence, min_samples, variants, comparisons)
+    return ABReport(test, status, winner, reason, confidence, min_samples, variants, comparisons,
+                    sequential=sequential)
 
 
 def _values(group: Sequence[Observation], ratings: Mapping[str, Sequence[float]]) -> dict[str, list[Any]]:
@@ -379,7 +386,7 @@ def _variant_stats(
 
 def _compare(
     active: Sequence[str], values: Mapping[str, dict[str, list[Any]]], goals: Mapping[str, str], min_samples: int,
-    confidence: float,
+    confidence: float, sequential: bool,
 ) -> list[Comparison]:
     metrics = list(BUILTIN_GOALS) + sorted({m for v in values.values() for m in v} - set(BUILTIN_GOALS))
     comparisons = []
@@ -389,7 +396,7 @@ def _compare(
             continue
         for a, b in itertools.combinations(active, 2):
             comparisons.append(_comparison(metric, goal, a, b, values[a].get(metric, []), values[b].get(metric, []),
-                                           min_samples, confidence))
+                                           min_samples, confidence, sequential))
     tested = [c for c in comparisons if c.p_value is not None]
     alpha = 1 - confidence
     for c, adjusted in zip(tested, stats.holm([c.p_value for c in tested])):  # type: ignore[misc]
@@ -401,7 +408,8 @@ def _compare(
 
 
 def _comparison(
-    metric: str, goal: str, a: str, b: str, va: list[Any], vb: list[Any], min_samples: int, confidence: float
+    metric: str, goal: str, a: str, b: str, va: list[Any], vb: list[Any], min_samples: int, confidence: float,
+    sequential: bool,
 ) -> Comparison:
     c = Comparison(metric, a, b, "efficiency" if metric in EFFICIENCY_METRICS else "quality", goal,
                    len(va), len(vb), _mean(va), _mean(vb))
@@ -410,9 +418,11 @@ def _comparison(
         c.note = "not tested yet: " + ", ".join(short) + " values"
         return c
     if all(isinstance(x, bool) for x in itertools.chain(va, vb)):
-        result = stats.two_proportion_test(sum(va), len(va), sum(vb), len(vb), confidence=confidence)
+        result = stats.two_proportion_test(sum(va), len(va), sum(vb), len(vb), confidence=confidence,
+                                           sequential=sequential)
     else:
-        result = stats.welch_t_test([float(x) for x in va], [float(x) for x in vb], confidence=confidence)
+        result = stats.welch_t_test([float(x) for x in va], [float(x) for x in vb], confidence=confidence,
+                                    sequential=sequential)
     c.test, c.statistic, c.p_value = result.test, result.statistic, result.p_value
     c.diff, c.ci_low, c.ci_high = result.diff, result.ci_low, result.ci_high
     return c
@@ -561,6 +571,7 @@ class ABTest:
     ``variants`` maps names to specs; ``split`` is a list of weights in that order or a dict of
     name to weight (non-negative, summing to 1; default: equal). ``min_samples`` answers per
     variant are needed before a winner; ``confidence`` is 1 minus the family-wise error rate;
+    ``sequential=True`` makes every test always valid, for reading reports as answers arrive;
     ``goals`` sets the direction of custom metrics ("min", "max") or leaves a metric out
     ("ignore"). ``path`` stores observations in a SQLite file shared by processes; ``client``
     runs the calls (default: the client behind ``ml.query``).
@@ -577,6 +588,7 @@ class ABTest:
         confidence: float = 0.95,
         goals: Mapping[str, str] | None = None,
         path: str | Path | None = None,
+        sequential: bool = False,
     ):
         if not isinstance(variants, Mapping) or len(variants) < 2:
             raise ArgumentError("variants", f"must be a dict of at least two named variants, got {variants!r}")
@@ -589,8 +601,11 @@ class ABTest:
             raise ArgumentError("min_samples", f"must be a whole number >= 2, got {min_samples!r}")
         if not isinstance(confidence, float) or not 0.5 <= confidence < 1:
             raise ArgumentError("confidence", f"must be a probability in [0.5, 1), such as 0.95, got {confidence!r}")
+        if not isinstance(sequential, bool):
+            raise ArgumentError("sequential", f"must be True or False, got {sequential!r}")
         self.min_samples = min_samples
         self.confidence = confidence
+        self.sequential = sequential
         self.goals = _goals(goals)
         self.store: MemoryStore | SQLiteStore = SQLiteStore(path) if path is not None else MemoryStore()
         self._client = client
@@ -696,7 +711,7 @@ class ABTest:
                 ratings.setdefault(trace_id, []).extend(values)
         report = build_report(
             self.name, self.weights, observations, ratings,
-            min_samples=self.min_samples, confidence=self.confidence, goals=self.goals,
+            min_samples=self.min_samples, confidence=self.confidence, goals=self.goals, sequential=self.sequential,
         )
         if log:
             report.run_id = _log_report(report, self._params())
@@ -801,6 +816,7 @@ class ABTest:
             "split": json.dumps(self.weights),
             "min_samples": str(self.min_samples),
             "confidence": str(self.confidence),
+            "sequential": str(self.sequential),
             "goals": json.dumps(self.goals, sort_keys=True),
         }
         params.update({f"variant.{name}": _canonical(v.spec) for name, v in self._variants.items()})

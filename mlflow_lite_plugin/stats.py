@@ -6,6 +6,19 @@
   (validation passes, error rates, boolean metrics).
 - :func:`holm` adjusts a family of p-values (Holm-Bonferroni step-down, family-wise error rate).
 
+With ``sequential=True`` both tests give **always-valid** p-values and confidence intervals
+(a confidence sequence) instead: the normal-mixture sequential probability ratio test (mSPRT) of
+Johari, Pekelis and Walsh, "Always valid inference" (2017), on the same normal approximation.
+For an estimate ``d`` with variance ``V`` and a N(0, tau^2) mixture over the true difference,
+
+    Lambda = sqrt(V / (V + tau^2)) * exp(d^2 tau^2 / (2 V (V + tau^2))),   p = min(1, 1 / Lambda)
+
+and ``p <= alpha`` has probability at most alpha under the null *at any data-dependent stopping
+time*, so reports may be read after every observation and stopped at the first significant one.
+``tau`` is ``SEQUENTIAL_EFFECT`` standard deviations of one observation: the test is most
+sensitive to differences of about that size. The price is a wider interval, and a larger sample
+than a fixed-size test needs for the same effect.
+
 Degenerate data never yields NaN p-values:
 
 - fewer than two values on a side gives no variance estimate, so no evidence (p = 1);
@@ -27,6 +40,8 @@ from .errors import ArgumentError
 
 WELCH = "welch_t"
 TWO_PROPORTION = "two_proportion_z"
+SEQUENTIAL = "_msprt"  # suffix of the test name of a sequential test
+SEQUENTIAL_EFFECT = 0.3  # the mixture's scale, in standard deviations of one observation
 
 
 @dataclass(frozen=True)
@@ -53,9 +68,12 @@ class TestResult:
         return {k: _finite_or_none(v) for k, v in asdict(self).items()}
 
 
-def welch_t_test(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95) -> TestResult:
+def welch_t_test(
+    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, sequential: bool = False
+) -> TestResult:
     """Welch's unequal-variance t-test of ``mean(a) == mean(b)``, two-sided, with a
-    Welch-Satterthwaite confidence interval for ``mean(a) - mean(b)``."""
+    Welch-Satterthwaite confidence interval for ``mean(a) - mean(b)``; always-valid (mSPRT)
+    p-value and interval with ``sequential``."""
     from scipy import stats
 
     _check_confidence(confidence)
@@ -72,17 +90,22 @@ def welch_t_test(a: Sequence[float], b: Sequence[float], *, confidence: float = 
         if mean_a == mean_b:
             return TestResult(WELCH, 0.0, 1.0, ci_low=0.0, ci_high=0.0, **common)
         return TestResult(WELCH, math.copysign(math.inf, diff), 0.0, ci_low=diff, ci_high=diff, **common)
-    df = (se2_a + se2_b) ** 2 / (_ratio(se2_a, len(xa) - 1) + _ratio(se2_b, len(xb) - 1))
     t = diff / se
+    if sequential:
+        sd = math.sqrt((var_a + var_b) / 2)
+        p, margin = _msprt(diff, se * se, se * se, sd, confidence)
+        return TestResult(WELCH + SEQUENTIAL, t, p, ci_low=diff - margin, ci_high=diff + margin, **common)
+    df = (se2_a + se2_b) ** 2 / (_ratio(se2_a, len(xa) - 1) + _ratio(se2_b, len(xb) - 1))
     p = float(2 * stats.t.sf(abs(t), df))
     margin = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
     return TestResult(WELCH, t, min(p, 1.0), ci_low=diff - margin, ci_high=diff + margin, **common)
 
 
 def two_proportion_test(
-    successes_a: int, n_a: int, successes_b: int, n_b: int, *, confidence: float = 0.95
+    successes_a: int, n_a: int, successes_b: int, n_b: int, *, confidence: float = 0.95, sequential: bool = False
 ) -> TestResult:
-    """Two-sided pooled z-test of ``p_a == p_b``, with a Wald interval for ``p_a - p_b``.
+    """Two-sided pooled z-test of ``p_a == p_b``, with a Wald interval for ``p_a - p_b``;
+    always-valid (mSPRT) p-value and interval with ``sequential``.
 
     The normal approximation wants roughly 5+ successes and failures per side; the A/B test only
     runs it once each variant has its minimum sample size."""
@@ -97,12 +120,15 @@ def two_proportion_test(
     pooled = (successes_a + successes_b) / (n_a + n_b)
     se0 = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
     se = math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
-    margin = float(stats.norm.ppf(0.5 + confidence / 2)) * se
+    name = TWO_PROPORTION + SEQUENTIAL if sequential else TWO_PROPORTION
+    if sequential:
+        p, margin = _msprt(diff, se0 * se0, se * se, math.sqrt(pooled * (1 - pooled)), confidence)
+    else:
+        margin = float(stats.norm.ppf(0.5 + confidence / 2)) * se
+        p = float(2 * stats.norm.sf(abs(diff / se0))) if se0 else 1.0
     if se0 == 0.0:  # both all-pass or both all-fail
-        return TestResult(TWO_PROPORTION, 0.0, 1.0, ci_low=diff - margin, ci_high=diff + margin, **common)
-    z = diff / se0
-    p = float(2 * stats.norm.sf(abs(z)))
-    return TestResult(TWO_PROPORTION, z, min(p, 1.0), ci_low=diff - margin, ci_high=diff + margin, **common)
+        return TestResult(name, 0.0, 1.0, ci_low=diff - margin, ci_high=diff + margin, **common)
+    return TestResult(name, diff / se0, min(p, 1.0), ci_low=diff - margin, ci_high=diff + margin, **common)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -119,6 +145,22 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))  # step-down stays monotone
         adjusted[i] = running
     return adjusted
+
+
+def _msprt(diff: float, v_test: float, v_interval: float, sd: float, confidence: float) -> tuple[float, float]:
+    """(always-valid p-value, half-width of the confidence sequence) of an estimate ``diff``
+    whose variance is ``v_test`` under the null and ``v_interval`` in general."""
+    tau2 = (SEQUENTIAL_EFFECT * sd) ** 2
+    p = 1.0
+    if v_test > 0 and tau2 > 0:
+        log_lambda = 0.5 * math.log(v_test / (v_test + tau2)) + diff * diff * tau2 / (2 * v_test * (v_test + tau2))
+        p = math.exp(-log_lambda) if log_lambda > 0 else 1.0
+    margin = 0.0
+    if v_interval > 0 and tau2 > 0:
+        # {theta : Lambda(diff - theta) < 1 / alpha}
+        bound = math.log(1 / (1 - confidence)) + 0.5 * math.log((v_interval + tau2) / v_interval)
+        margin = math.sqrt(2 * v_interval * (v_interval + tau2) / tau2 * bound)
+    return min(p, 1.0), margin
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

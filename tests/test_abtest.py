@@ -438,3 +438,21 @@ def test_ab_test_one_liner_as_written(default_client, stub):
     assert r.variant == test.assign("u1") and r.text.endswith(("Answer: Where is my order?", "Reply: Where is my order?"))
     report = test.report(log=False)
     assert report.winner is None and report.status == "collecting"
+
+
+def test_sequential_reports_need_stronger_evidence_and_say_so():
+    """The same observations: a fixed-sample report finds a small quality gain, an always-valid
+    one (safe to read after every answer) does not yet."""
+    rng = np.random.default_rng(3)
+    obs = observations("A", 80, rng, passed=0.85) + observations("B", 80, rng, passed=0.6)
+    fixed, sequential = report_of(obs), report_of(obs, sequential=True)
+    assert fixed.winner == "A"
+    assert sequential.winner is None and sequential.sequential and "sequential" in str(sequential)
+    tested = [c for c in sequential.comparisons if c.p_value is not None]
+    assert tested and all(c.test.endswith("_msprt") for c in tested)
+    by_metric = {c.metric: c for c in fixed.comparisons}
+    for c in tested:
+        assert c.p_value >= by_metric[c.metric].p_value
+    with pytest.raises(ArgumentError, match="sequential"):
+        ab_test({"A": {"model": "gpt-4o"}, "B": {"model": "gpt-4o-mini"}}, sequential="yes")
+    assert ab_test({"A": {"model": "gpt-4o"}, "B": {"model": "gpt-4o-mini"}}, sequential=True)._params()["sequential"] == "True"

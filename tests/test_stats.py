@@ -132,3 +132,50 @@ def test_percentile_is_numpys_linear_percentile():
     values = [0.3, 0.1, 0.9, 0.5, 0.2]
     assert percentile(values, 95) == pytest.approx(np.percentile(values, 95))
     assert percentile(values, 50) == 0.3 and percentile([], 50) is None
+
+
+# -- sequential (always-valid) tests --
+
+LOOKS = range(25, 501, 25)  # a report read after every 25 answers per variant, 20 times
+
+
+def _peeking(seed: int, effect: float, *, proportions: bool, sequential: bool, runs: int = 200) -> tuple[float, float]:
+    """(share of runs where some look was significant at 0.05, share where every look's interval
+    held the true difference)."""
+    rng = np.random.default_rng(seed)
+    significant = covered = 0
+    for _ in range(runs):
+        if proportions:
+            a, b = rng.random(500) < 0.5 + effect, rng.random(500) < 0.5
+        else:
+            a, b = rng.normal(effect, 1.0, 500), rng.normal(0.0, 1.0, 500)
+        results = [two_proportion_test(int(a[:n].sum()), n, int(b[:n].sum()), n, sequential=sequential)
+                   if proportions else welch_t_test(a[:n], b[:n], sequential=sequential) for n in LOOKS]
+        significant += any(r.p_value < 0.05 for r in results)
+        covered += all(r.ci_low <= effect <= r.ci_high for r in results)
+    return significant / runs, covered / runs
+
+
+@pytest.mark.parametrize("proportions", [False, True], ids=["means", "proportions"])
+def test_peeking_breaks_fixed_tests_and_not_sequential_ones(proportions):
+    fixed_fpr, fixed_coverage = _peeking(11, 0.0, proportions=proportions, sequential=False)
+    fpr, coverage = _peeking(11, 0.0, proportions=proportions, sequential=True)
+    assert fixed_fpr > 0.12 and fixed_coverage < 0.88  # the problem: 20 looks at 0.95 is not 0.95
+    assert fpr <= 0.05 and coverage >= 0.95  # always valid, at every look
+
+
+@pytest.mark.parametrize("proportions, effect", [(False, 0.3), (True, 0.15)], ids=["means", "proportions"])
+def test_sequential_tests_still_find_real_differences(proportions, effect):
+    power, coverage = _peeking(12, effect, proportions=proportions, sequential=True)
+    assert power >= 0.9 and coverage >= 0.95
+
+
+def test_sequential_results_are_named_and_wider():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0.3, 1.0, 200), rng.normal(0.0, 1.0, 200)
+    fixed, always = welch_t_test(a, b), welch_t_test(a, b, sequential=True)
+    assert (fixed.test, always.test) == ("welch_t", "welch_t_msprt")
+    assert always.p_value > fixed.p_value and always.ci_high - always.ci_low > fixed.ci_high - fixed.ci_low
+    assert always.diff == fixed.diff and always.ci_low < always.diff < always.ci_high
+    assert two_proportion_test(60, 100, 40, 100, sequential=True).test == "two_proportion_z_msprt"
+    assert two_proportion_test(100, 100, 100, 100, sequential=True).p_value == 1.0  # degenerate: no NaN
