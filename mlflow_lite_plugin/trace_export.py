@@ -88,6 +88,7 @@ class ProcessWriter(_QueueWriter):
 
     mode = "process"
     linger = 0.1
+    max_batch = MAX_BATCH
 
     def __init__(self) -> None:
         super().__init__()
@@ -100,8 +101,8 @@ class ProcessWriter(_QueueWriter):
         if random.random() >= _sampling_ratio():
             trace.ref.set(None)
             return
-        trace.key = secrets.token_hex(16)  # the OTel trace id; MLflow's id is "tr-" + it
-        trace.ref.planned_id = "tr-" + trace.key
+        trace.key = secrets.token_hex(16)  # the OTel trace id, in hex
+        trace.ref.planned_id = mlflow_trace_id(trace.key)
         super().submit(trace)
 
     def _write(self, batch: list[_Trace]) -> None:
@@ -282,7 +283,7 @@ def _write_group(uri: str, experiment_id: str, records: list[dict[str, Any]]) ->
         ) from None
     acks = []
     for record in records:
-        trace_id = "tr-" + record["key"]
+        trace_id = mlflow_trace_id(record["key"])
         if record["feedback"]:
             try:
                 _log_feedback(client, trace_id, record["feedback"])
@@ -297,7 +298,7 @@ def mlflow_span_dicts(record: dict[str, Any]) -> list[dict[str, Any]]:
     from mlflow.tracing.constant import SpanAttributeKey, TraceTagKey
     from mlflow.tracing.utils import dump_span_attribute_value as dump
 
-    trace_id = "tr-" + record["key"]
+    trace_id = mlflow_trace_id(record["key"])
     otel_trace_id = _b64(record["key"])
     dicts = []
     for span in record["spans"]:
@@ -326,6 +327,11 @@ def mlflow_span_dicts(record: dict[str, Any]) -> list[dict[str, Any]]:
             "events": events, "status": status, "attributes": attributes,
         })
     return dicts
+
+
+def mlflow_trace_id(key: str) -> str:
+    """MLflow's id of the trace whose OTel trace id is ``key`` (32 hex digits)."""
+    return "tr-" + key
 
 
 def _b64(hex_id: str) -> str:
