@@ -83,6 +83,49 @@ def _sampling_ratio() -> float:
         return 1.0
 
 
+class Destinations:
+    """(tracking URI, experiment id) of a trace, as MLflow would pick them in this process now."""
+
+    def __init__(self) -> None:
+        self._experiments: dict[tuple[Any, ...], str] = {}
+
+    def __call__(self, trace: _Trace) -> tuple[str, str]:
+        import mlflow
+        from mlflow.tracking import fluent
+
+        uri = mlflow.get_tracking_uri()
+        own = trace.tracer._experiment_id()
+        if own is not None:
+            return uri, own
+        # Resolving the active experiment costs ~1 ms (MLflow probes for Databricks each time):
+        # cache it on everything it depends on.
+        key = (uri, fluent._active_experiment_id, os.environ.get("MLFLOW_EXPERIMENT_ID"),
+               os.environ.get("MLFLOW_EXPERIMENT_NAME"))
+        if key not in self._experiments:
+            self._experiments[key] = fluent._get_experiment_id() or "0"
+        return uri, self._experiments[key]
+
+
+def write_now(traces: list[_Trace], warn: Callable[[Exception], None]) -> list[tuple[_Trace, str | None]]:
+    """Write ``traces`` in this process, in batches (the thread writer's fast path for a backlog);
+    (trace, its id or None) each."""
+    destination = Destinations()
+    records: dict[str, tuple[dict[str, Any], _Trace]] = {}
+    written: list[tuple[_Trace, str | None]] = []
+    for trace in traces:
+        try:
+            trace.key = trace.key or secrets.token_hex(16)
+            records[trace.key] = (trace_record(trace, *destination(trace)), trace)
+        except Exception as exc:
+            warn(exc)
+            written.append((trace, None))
+    items = list(records.values())
+    for start in range(0, len(items), MAX_BATCH):
+        for key, trace_id in write_batch([record for record, _ in items[start:start + MAX_BATCH]]):
+            written.append((records[key][1], trace_id))
+    return written
+
+
 class ProcessWriter(_QueueWriter):
     """Sends finished traces to the exporter child; a trace is done when the child acknowledges it."""
 
@@ -93,7 +136,7 @@ class ProcessWriter(_QueueWriter):
     def __init__(self) -> None:
         super().__init__()
         self._child: _Child | None = None
-        self._experiments: dict[tuple[Any, ...], str] = {}
+        self._destination = Destinations()
         self._encoder: type[json.JSONEncoder] | None = None
 
     def submit(self, trace: _Trace) -> None:
@@ -127,23 +170,6 @@ class ProcessWriter(_QueueWriter):
                 self._done(ref, None)
             return
         self._child.send(items)
-
-    def _destination(self, trace: _Trace) -> tuple[str, str]:
-        """(tracking URI, experiment id) as MLflow would pick them in this process now."""
-        import mlflow
-        from mlflow.tracking import fluent
-
-        uri = mlflow.get_tracking_uri()
-        own = trace.tracer._experiment_id()
-        if own is not None:
-            return uri, own
-        # Resolving the active experiment costs ~1 ms (MLflow probes for Databricks each time):
-        # cache it on everything it depends on.
-        key = (uri, fluent._active_experiment_id, os.environ.get("MLFLOW_EXPERIMENT_ID"),
-               os.environ.get("MLFLOW_EXPERIMENT_NAME"))
-        if key not in self._experiments:
-            self._experiments[key] = fluent._get_experiment_id() or "0"
-        return uri, self._experiments[key]
 
 
 class _Child:

@@ -245,3 +245,32 @@ def test_bad_export_values_are_refused_by_name(monkeypatch):
     monkeypatch.setenv("MLFLOW_LITE_TRACE_EXPORT", "nope")
     with pytest.raises(ValueError, match="MLFLOW_LITE_TRACE_EXPORT"):
         ml.Client()
+
+
+def test_a_flush_writes_a_backlog_in_batches_in_the_thread_writer():
+    """The end of a long batch job: the in-process writer is behind, and a flush (or the exit)
+    writes what waits with the batch path instead of one trace at a time past the timeout."""
+    import threading
+
+    client = ml.Client()
+    writer = client.tracer._writer
+    release, original = threading.Event(), writer._write
+    writer._write = lambda batch: (release.wait(60), original(batch))  # the writer is stuck on one
+    marker = uuid.uuid4().hex
+    responses = [client.query(f"backlog {i}", model="lite/echo", tags={"test_marker": marker}) for i in range(40)]
+    deadline = time.monotonic() + 10
+    while len(writer._pending) != 39 and time.monotonic() < deadline:
+        time.sleep(0.01)  # one taken by the stuck writer, the rest waiting
+    writer._drain()
+    drained = [r for r in responses if r._trace._done.is_set()]
+    assert len(drained) == 39 and all(r.trace_id for r in drained)
+    release.set()
+    client.flush_traces()
+    traces = {t.info.trace_id: t for t in _traces_tagged(marker)}
+    assert set(traces) == {r.trace_id for r in responses}
+    for r in responses:
+        trace = traces[r.trace_id]
+        assert trace.data.spans[0].name == "mlflow_lite.query"
+        assert trace.data.spans[0].outputs["choices"][0]["message"]["content"] == r.text
+    # the one the thread wrote carries MLflow's client metadata, the drained ones do not
+    assert sum("mlflow.user" in traces[r.trace_id].info.trace_metadata for r in responses) == 1
