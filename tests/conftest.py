@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -81,6 +87,51 @@ def default_client(monkeypatch: pytest.MonkeyPatch) -> ml.Client:
     monkeypatch.setattr(client_module, "_default", c)
     yield c
     c.flush_traces()
+
+
+@contextmanager
+def running_mlflow_server(workdir: Path, env: dict[str, str], *options: str) -> Iterator[str]:
+    """``mlflow server`` (``options`` such as ``--app-name basic-auth``) on a free port with its
+    own sqlite store and artifacts under ``workdir``; yields its URL, stops its process group."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "mlflow", "server", *options,
+        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination", str(workdir / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]
+    # The job runner (a huey consumer) serves prompt optimisation, which no test uses; without it
+    # the server starts in half the time.
+    env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    log = workdir / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server did not answer within 120 s:\n{log.read_text()[-4000:]}")
+                time.sleep(0.25)
+        yield url
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # the server runs uvicorn in a child process
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(5)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def get_trace(trace_id: str):

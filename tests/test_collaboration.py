@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import getpass
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -40,6 +33,8 @@ from mlflow_lite_plugin.collaboration import (
 from mlflow_lite_plugin.errors import ArgumentError, MlflowLiteError
 from mlflow_lite_plugin.templates import register_template
 
+from .conftest import running_mlflow_server
+
 ADMIN_PASSWORD = "admin-password-for-tests"
 # Each user's permission on every prompt the tests create; "outsider" has none (the server's
 # default_permission is NO_PERMISSIONS, so every right below is an explicit grant).
@@ -56,52 +51,11 @@ def unique(prefix: str = "collab") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- the auth server --
 
 
 def _server_env(config: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-    env.update(
-        MLFLOW_AUTH_CONFIG_PATH=str(config),
-        MLFLOW_FLASK_SERVER_SECRET_KEY=uuid.uuid4().hex,
-        # The job runner (a huey consumer) serves prompt optimisation, which these tests do not
-        # use; without it the server starts in half the time.
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-    )
-    return env
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.25)
-    pytest.fail(f"mlflow server did not answer within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    # The server runs uvicorn in a child process: stop the whole process group we started.
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    return dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY=uuid.uuid4().hex)
 
 
 @pytest.fixture(scope="module")
@@ -119,25 +73,8 @@ def auth_server(tmp_path_factory) -> str:
         # Remember checked passwords: hashing one on every request makes each call ~0.3 s.
         "auth_cache_ttl_seconds = 600\n"
     )
-    port = free_port()
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination", str(workdir / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]
-    log = workdir / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command, cwd=workdir, env=_server_env(config), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(url, proc, log)
+    with running_mlflow_server(workdir, _server_env(config), "--app-name", "basic-auth") as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ import pytest
 import mlflow_lite_plugin as ml
 from mlflow_lite_plugin.errors import ArgumentError, MlflowLiteError
 
-from .conftest import get_trace
+from .conftest import get_trace, running_mlflow_server
 
 # Differ between two runs of the same call (ids, clocks), or only say how the trace was written.
 _VOLATILE_ATTRIBUTES = ("mlflow.traceRequestId", "mlflow.spanStartTimeNs", "mlflow.spanLogLevel",
@@ -274,3 +274,27 @@ def test_a_flush_writes_a_backlog_in_batches_in_the_thread_writer():
         assert trace.data.spans[0].outputs["choices"][0]["message"]["content"] == r.text
     # the one the thread wrote carries MLflow's client metadata, the drained ones do not
     assert sum("mlflow.user" in traces[r.trace_id].info.trace_metadata for r in responses) == 1
+
+
+def test_the_exporter_writes_to_a_tracking_server_over_http(stub, openai_kw, tmp_path, monkeypatch):
+    """Replicas trace to a shared ``mlflow server``: the batches go over its REST API (OTLP
+    ingestion), with tags, previews, usage and metric feedback."""
+    with running_mlflow_server(tmp_path, dict(os.environ)) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        mlflow.tracing.reset()  # MLflow's tracer keeps the URI it started with
+        try:
+            client = ml.Client()
+            client.set_tracing(export="process")
+            client.add_metric("words", lambda text: len(text.split()))
+            responses = [client.query(model="gpt-4o", prompt=f"over http {i}", tags={"team": "ops"}, **openai_kw)
+                         for i in range(3)]
+            client.flush_traces()
+            for r in responses:
+                trace = mlflow.MlflowClient(url).get_trace(r.trace_id)
+                assert trace.info.tags["team"] == "ops" and trace.info.response_preview == r.text
+                assert trace.info.token_usage["total_tokens"] == r.total_tokens
+                assert [a.name for a in trace.info.assessments] == ["words"]
+                assert [s.name for s in trace.data.spans] == ["mlflow_lite.query", "openai/gpt-4o (attempt 1)"]
+        finally:
+            monkeypatch.undo()
+            mlflow.tracing.reset()
