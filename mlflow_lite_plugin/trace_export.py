@@ -12,7 +12,8 @@ uses), about 10x less CPU per trace. It acknowledges each trace on its stdout, w
 
 Traces written this way carry the same spans, attributes, events, tags, request/response previews,
 token usage, cost and feedback; MLflow's client-side trace metadata (``mlflow.user``,
-``mlflow.source.*``) is not set. The child exits when this process closes the pipe (at its exit),
+``mlflow.source.*``) is not set. The in-process thread writer uses the same batch path
+(:func:`write_now`) when a flush finds a backlog. The child exits when this process closes the pipe (at its exit),
 after writing what it was given, even if that process was killed; it runs in its own session, so
 signals sent to the server's process group do not reach it.
 """
@@ -49,7 +50,8 @@ NICE = 19  # the child yields the CPU to the serving process
 
 
 def trace_record(trace: _Trace, tracking_uri: str, experiment_id: str) -> dict[str, Any]:
-    """A finished trace as plain data: ids are chosen here, so the child needs nothing else."""
+    """A finished trace as plain data, with its span ids (its trace id, ``key``, is chosen on
+    submit): everything the child needs."""
     assert trace.root is not None and trace.key is not None
     spans: list[dict[str, Any]] = []
 
