@@ -137,9 +137,12 @@ class ProcessWriter(_QueueWriter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._child: _Child | None = None
         self._destination = Destinations()
         self._encoder: type[json.JSONEncoder] | None = None
+
+    def _start(self) -> None:
+        super()._start()
+        self._child: _Child | None = None  # after a fork, the parent's exporter is not ours
 
     def submit(self, trace: _Trace) -> None:
         # MLflow's sampler never sees these traces: apply its ratio here.

@@ -14,11 +14,13 @@ Tracing never fails a call: a store that cannot be reached logs a warning and tr
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -399,13 +401,22 @@ class _QueueWriter:
     max_batch = 200
 
     def __init__(self) -> None:
-        self._pending: deque[_Trace] = deque()
+        self._start()
+        self._warned_at = 0.0
+        self.dropped = 0
+        # A forked child (multiprocessing's default on Linux) inherits this writer but not its
+        # thread: it starts afresh, or its traces would wait forever for a thread that is not there.
+        self._exit_hooked = False
+        me = weakref.ref(self)
+        os.register_at_fork(before=functools.partial(_before_fork, me),
+                            after_in_child=functools.partial(_restart_after_fork, me))
+
+    def _start(self) -> None:
+        self._pending: deque[_Trace] = deque()  # after a fork, those waiting are the parent's to write
         self._cond = threading.Condition()
         self._busy = 0  # submitted, not yet written (or given up)
         self._thread: threading.Thread | None = None
-        self._warned_at = 0.0
         self._flushing = 0
-        self.dropped = 0
 
     def submit(self, trace: _Trace) -> None:
         with self._cond:
@@ -467,6 +478,28 @@ class _QueueWriter:
         if now - self._warned_at > 60:  # once a minute, not once per call
             self._warned_at = now
             _logger.warning("Could not write an MLflow trace (calls are not affected): %s", exc)
+
+
+def _before_fork(writer: weakref.ref[_QueueWriter]) -> None:
+    """multiprocessing ends its workers with os._exit, which skips atexit: have its workers flush
+    in multiprocessing's own exit hook. (A new worker clears those hooks, then runs its after-fork
+    callbacks, which are registered here, in the parent, when multiprocessing is in use.)"""
+    alive, mp_util = writer(), sys.modules.get("multiprocessing.util")
+    if alive is not None and mp_util is not None and not alive._exit_hooked:
+        mp_util.register_after_fork(alive, _flush_at_worker_exit)
+        alive._exit_hooked = True
+
+
+def _restart_after_fork(writer: weakref.ref[_QueueWriter]) -> None:
+    alive = writer()
+    if alive is not None:
+        alive._start()
+
+
+def _flush_at_worker_exit(writer: _QueueWriter) -> None:
+    from multiprocessing import util
+
+    util.Finalize(None, writer.flush, exitpriority=0)
 
 
 class _ThreadWriter(_QueueWriter):

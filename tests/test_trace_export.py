@@ -298,3 +298,28 @@ def test_the_exporter_writes_to_a_tracking_server_over_http(stub, openai_kw, tmp
         finally:
             monkeypatch.undo()
             mlflow.tracing.reset()
+
+
+def _ask_in_a_forked_worker(job: tuple[str, str, str]) -> str:
+    export, marker, prompt = job
+    client = ml.get_default_client()
+    assert client.tracer.export == export
+    return client.query(prompt, model="lite/echo", tags={"test_marker": marker}).text  # no wait for the trace
+
+
+@pytest.mark.parametrize("export", ["thread", "process"])
+def test_forked_workers_write_their_traces(export, default_client):
+    """multiprocessing forks (Linux's default) a process whose default client has already traced:
+    each worker writes its own traces, before it exits, without waiting on the parent's writer."""
+    import multiprocessing
+
+    default_client.set_tracing(export=export)
+    marker = uuid.uuid4().hex
+    assert default_client.query("in the parent", model="lite/echo", tags={"test_marker": marker}).trace_id
+    jobs = [(export, marker, f"in a worker {i}") for i in range(6)]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        answers = pool.map(_ask_in_a_forked_worker, jobs)
+        pool.close()
+        pool.join()
+    assert answers == [f"Echo: in a worker {i}" for i in range(6)]
+    assert len(_traces_tagged(marker)) == 7
