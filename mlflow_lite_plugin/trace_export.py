@@ -238,7 +238,7 @@ class _Child:
 def main() -> None:
     try:
         os.nice(NICE)
-    except OSError:
+    except (AttributeError, OSError):  # no os.nice on Windows; a sandbox may refuse it
         pass
     logging.basicConfig(level=logging.WARNING, format="mlflow-lite trace exporter: %(levelname)s %(message)s")
     out = sys.stdout

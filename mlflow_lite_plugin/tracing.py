@@ -407,9 +407,10 @@ class _QueueWriter:
         # A forked child (multiprocessing's default on Linux) inherits this writer but not its
         # thread: it starts afresh, or its traces would wait forever for a thread that is not there.
         self._exit_hooked = False
-        me = weakref.ref(self)
-        os.register_at_fork(before=functools.partial(_before_fork, me),
-                            after_in_child=functools.partial(_restart_after_fork, me))
+        if hasattr(os, "register_at_fork"):  # POSIX only: Windows has no fork
+            me = weakref.ref(self)
+            os.register_at_fork(before=functools.partial(_before_fork, me),
+                                after_in_child=functools.partial(_restart_after_fork, me))
 
     def _start(self) -> None:
         self._pending: deque[_Trace] = deque()  # after a fork, those waiting are the parent's to write
