@@ -120,15 +120,14 @@ def two_proportion_test(
     pooled = (successes_a + successes_b) / (n_a + n_b)
     se0 = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
     se = math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
-    name = TWO_PROPORTION + SEQUENTIAL if sequential else TWO_PROPORTION
+    z = diff / se0 if se0 else 0.0  # se0 == 0: both all-pass or both all-fail, no evidence (p = 1)
     if sequential:
         p, margin = _msprt(diff, se0 * se0, se * se, math.sqrt(pooled * (1 - pooled)), confidence)
     else:
         margin = float(stats.norm.ppf(0.5 + confidence / 2)) * se
-        p = float(2 * stats.norm.sf(abs(diff / se0))) if se0 else 1.0
-    if se0 == 0.0:  # both all-pass or both all-fail
-        return TestResult(name, 0.0, 1.0, ci_low=diff - margin, ci_high=diff + margin, **common)
-    return TestResult(name, diff / se0, min(p, 1.0), ci_low=diff - margin, ci_high=diff + margin, **common)
+        p = float(2 * stats.norm.sf(abs(z))) if se0 else 1.0
+    name = TWO_PROPORTION + SEQUENTIAL if sequential else TWO_PROPORTION
+    return TestResult(name, z, min(p, 1.0), ci_low=diff - margin, ci_high=diff + margin, **common)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -138,7 +138,6 @@ class ProcessWriter(_QueueWriter):
     def __init__(self) -> None:
         super().__init__()
         self._destination = Destinations()
-        self._encoder: type[json.JSONEncoder] | None = None
 
     def _start(self) -> None:
         super()._start()
@@ -154,15 +153,13 @@ class ProcessWriter(_QueueWriter):
         super().submit(trace)
 
     def _write(self, batch: list[_Trace]) -> None:
-        if self._encoder is None:
-            from mlflow.tracing.utils import TraceJSONEncoder
+        from mlflow.tracing.utils import TraceJSONEncoder  # inputs and outputs serialise as MLflow would
 
-            self._encoder = TraceJSONEncoder  # inputs and outputs serialise as MLflow would
         items = []
         for trace in batch:
             try:
                 record = trace_record(trace, *self._destination(trace))
-                items.append((record["key"], json.dumps(record, cls=self._encoder, ensure_ascii=False), trace.ref))
+                items.append((record["key"], json.dumps(record, cls=TraceJSONEncoder, ensure_ascii=False), trace.ref))
             except Exception as exc:
                 self._warn(exc)
                 self._done(trace.ref, None)
