@@ -134,6 +134,22 @@ def running_mlflow_server(workdir: Path, env: dict[str, str], *options: str) -> 
                 continue
 
 
+def process_alive(pid: int) -> bool:
+    """Linux: whether ``pid`` runs (a zombie has exited; it only waits to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state follows the "(command)" field
+
+
+def assert_process_exits(pid: int, message: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process_alive(pid), message
+
+
 def get_trace(trace_id: str):
     """Read a trace back from the store (after MLflow's async export)."""
     import mlflow

@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 import mlflow_lite_plugin as ml
 from mlflow_lite_plugin.testing import StubLLMServer, free_port
 
-from .conftest import KEY
+from .conftest import KEY, assert_process_exits
 from .served_app import KNOWN, KNOWN_ANSWER, PARAPHRASE, PROMPT, SYSTEM, model_settings, stub_answer
 
 pytestmark = pytest.mark.slow
@@ -348,11 +348,7 @@ def test_a_served_model_writes_traces_from_an_exporter_process_that_stops_with_i
         assert len(exporters) == 1, _descendants(served.proc.pid)
     finally:
         stop_server(served)
-    deadline = time.monotonic() + 20
-    while Path(f"/proc/{exporters[0]}").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    stat = Path(f"/proc/{exporters[0]}/stat")
-    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", "the exporter outlived the server"
+    assert_process_exits(exporters[0], "the exporter outlived the server", timeout=20)
     for row in rows:
         trace = _find_trace(row["trace_id"])
         assert trace is not None, f"trace {row['trace_id']} was lost when the server stopped"

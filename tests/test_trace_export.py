@@ -18,7 +18,7 @@ import pytest
 import mlflow_lite_plugin as ml
 from mlflow_lite_plugin.errors import ArgumentError, MlflowLiteError
 
-from .conftest import get_trace, running_mlflow_server
+from .conftest import assert_process_exits, get_trace, running_mlflow_server
 
 # Differ between two runs of the same call (ids, clocks), or only say how the trace was written.
 _VOLATILE_ATTRIBUTES = ("mlflow.traceRequestId", "mlflow.spanStartTimeNs", "mlflow.spanLogLevel",
@@ -193,7 +193,7 @@ def test_the_exporter_writes_what_it_was_given_when_its_process_is_killed(stub, 
         if caller.poll() is None:
             caller.kill()
         os.kill(exporter, signal.SIGCONT)
-    _assert_exits(exporter, "the exporter did not exit after its caller died")
+    assert_process_exits(exporter, "the exporter did not exit after its caller died")
     assert len(_traces_tagged(marker)) == 10
 
 
@@ -216,27 +216,12 @@ def test_traces_are_written_at_exit_and_the_exporter_exits_with_the_process(stub
     env = dict(os.environ, MLFLOW_ENABLE_ASYNC_TRACE_LOGGING="true")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    _assert_exits(int(done.stdout.split()[-1]), "the trace exporter outlived its process")
+    assert_process_exits(int(done.stdout.split()[-1]), "the trace exporter outlived its process")
     assert len(_traces_tagged(marker)) == 25
-
-
-def _assert_exits(pid: int, message: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(pid), message
 
 
 def _traces_tagged(marker: str) -> list:
     return mlflow.search_traces(filter_string=f"tags.test_marker = '{marker}'", return_type="list", max_results=100)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"  # a zombie has exited
-    except FileNotFoundError:
-        return False
 
 
 def test_bad_export_values_are_refused_by_name(monkeypatch):
