@@ -62,8 +62,9 @@ def _view(trace) -> dict:
 
 
 def _unstamped(value):
-    """A provider response without its id (the stub makes a new one per answer)."""
-    return {k: v for k, v in value.items() if k != "id"} if isinstance(value, dict) else value
+    """A provider response without its id and clock (new for every answer: two calls can straddle
+    a second boundary)."""
+    return {k: v for k, v in value.items() if k not in ("id", "created")} if isinstance(value, dict) else value
 
 
 def _same_trace(thread_trace_id: str | None, process_trace_id: str | None) -> dict:
