@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 from typing import Any, Awaitable, Callable, Coroutine, Mapping, Sequence, TypeVar
 
 from .errors import ArgumentError, MlflowLiteError
@@ -62,9 +63,10 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coro)
-    # A loop already runs in this thread (a notebook cell): use a private loop in a worker thread.
+    # A loop already runs in this thread (a notebook cell): use a private loop in a worker thread,
+    # in a copy of this context (MLflow's prediction context, which links traces to the model).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-lite-batch") as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return pool.submit(contextvars.copy_context().run, asyncio.run, coro).result()
 
 
 def _progress_bar(total: int) -> Any:

@@ -11,8 +11,9 @@ uses), about 10x less CPU per trace. It acknowledges each trace on its stdout, w
 ``Response.trace_id`` resolves.
 
 Traces written this way carry the same spans, attributes, events, tags, request/response previews,
-token usage, cost and feedback; MLflow's client-side trace metadata (``mlflow.user``,
-``mlflow.source.*``) is not set. The in-process thread writer uses the same batch path
+token usage, cost and feedback, and are linked to the caller's run. Trace metadata is not set
+(MLflow has no batch call for it): MLflow's client metadata (``mlflow.user``, ``mlflow.source.*``)
+and the LoggedModel link (``mlflow.modelId``). The in-process thread writer uses the same batch path
 (:func:`write_now`) when a flush finds a backlog. The child exits when this process closes the pipe (at its exit),
 after writing what it was given, even if that process was killed; it runs in its own session, so
 signals sent to the server's process group do not reach it.
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 MAX_BATCH = 200
+LINKS_PER_CALL = 100  # MLflow's limit for link_traces_to_run
 LINGER_S = 0.05  # wait this long for a batch to fill once a trace arrives
 NICE = 19  # the child yields the CPU to the serving process
 
@@ -68,7 +70,7 @@ def trace_record(trace: _Trace, tracking_uri: str, experiment_id: str) -> dict[s
 
     add(trace.root, None)
     return {"key": trace.key, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
-            "tags": trace.tags, "feedback": trace.feedback, "spans": spans}
+            "tags": trace.tags, "feedback": trace.feedback, "spans": spans, "run_id": trace.links.run_id}
 
 
 def _error(error: BaseException | None) -> dict[str, str] | None:
@@ -96,7 +98,7 @@ class Destinations:
         from mlflow.tracking import fluent
 
         uri = mlflow.get_tracking_uri()
-        own = trace.tracer._experiment_id()
+        own = trace.tracer._experiment_id() or trace.links.run_experiment_id
         if own is not None:
             return uri, own
         # Resolving the active experiment costs ~1 ms (MLflow probes for Databricks each time):
@@ -309,6 +311,7 @@ def _write_group(uri: str, experiment_id: str, records: list[dict[str, Any]]) ->
             f"the tracking store of {uri} does not take span batches (log_spans); "
             "use MLFLOW_LITE_TRACE_EXPORT=thread"
         ) from None
+    _link_runs(uri, records)
     acks = []
     for record in records:
         trace_id = mlflow_trace_id(record["key"])
@@ -319,6 +322,26 @@ def _write_group(uri: str, experiment_id: str, records: list[dict[str, Any]]) ->
                 _logger.warning("Could not log feedback of trace %s: %s", trace_id, exc)
         acks.append((record["key"], trace_id))
     return acks
+
+
+def _link_runs(uri: str, records: list[dict[str, Any]]) -> None:
+    """Link each trace to the run active when its call was made (the thread writer records it as
+    the trace's ``mlflow.sourceRun``): one call per run and ``LINKS_PER_CALL`` traces."""
+    by_run: dict[str, list[str]] = {}
+    for record in records:
+        if record.get("run_id"):
+            by_run.setdefault(record["run_id"], []).append(mlflow_trace_id(record["key"]))
+    if not by_run:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    for run_id, trace_ids in by_run.items():
+        for start in range(0, len(trace_ids), LINKS_PER_CALL):
+            try:
+                client.link_traces_to_run(trace_ids[start:start + LINKS_PER_CALL], run_id)
+            except Exception as exc:  # the traces are written; only the link is missing
+                _logger.warning("Could not link %d trace(s) to run %s: %s", len(trace_ids), run_id, exc)
 
 
 def mlflow_span_dicts(record: dict[str, Any]) -> list[dict[str, Any]]:

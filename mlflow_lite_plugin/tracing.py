@@ -23,7 +23,7 @@ import time
 import weakref
 from collections import deque
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 _logger = logging.getLogger(__name__)
 
@@ -189,6 +189,8 @@ class Span:
         except Exception as exc:  # tracing must never fail the call
             _logger.warning("Could not start MLflow span %r: %s", self.name, exc)
             self._live = None
+        if is_root and not self._trace.live and self._live is not None:
+            _safely(self._trace.links.apply, self._live.trace_id)
         if is_root and self._trace.live:  # replayed traces get their id once fully written
             self._trace.ref.set(getattr(self._live, "trace_id", None))
 
@@ -238,6 +240,47 @@ class Span:
         self._close_live()
 
 
+class CallerLinks(NamedTuple):
+    """What MLflow links a trace to, as seen from the thread that made the call."""
+
+    run_id: str | None = None
+    run_experiment_id: str | None = None
+    model_id: str | None = None  # mlflow.set_active_model, or the pyfunc model being predicted
+
+    @classmethod
+    def here(cls) -> CallerLinks:
+        fluent = sys.modules.get("mlflow.tracking.fluent")
+        if fluent is None:
+            return cls()  # mlflow not imported yet: no run, no active model, no pyfunc predict
+        try:  # MLflow's own rules (tracing/processor/base_mlflow.py): latest run of any thread
+            from mlflow.tracing.utils import maybe_get_logged_model_id
+
+            run = fluent._get_latest_active_run()
+            model_id = fluent._get_active_model_id_global() or maybe_get_logged_model_id()
+        except Exception as exc:  # private helpers: a future MLflow may move them
+            _logger.debug("Could not read the active run and model: %s", exc)
+            return cls()
+        if run is None:
+            return cls(model_id=model_id)
+        return cls(run.info.run_id, run.info.experiment_id, model_id)
+
+    def apply(self, trace_id: str) -> None:
+        """Set the run and model of MLflow's in-memory trace ``trace_id`` (before it is exported)
+        to the caller's, replacing what MLflow saw from the writer thread."""
+        from mlflow.tracing.constant import TraceMetadataKey
+        from mlflow.tracing.trace_manager import InMemoryTraceManager
+
+        with InMemoryTraceManager.get_instance().get_trace(trace_id) as trace:
+            if trace is None:
+                return
+            metadata = trace.info.trace_metadata
+            for key, value in ((TraceMetadataKey.SOURCE_RUN, self.run_id), (TraceMetadataKey.MODEL_ID, self.model_id)):
+                if value:
+                    metadata[key] = value
+                else:
+                    metadata.pop(key, None)
+
+
 class _Trace:
     def __init__(self, tracer: Tracer, live: bool, parent_live: Any, tags: dict[str, str]):
         self.tracer = tracer
@@ -246,6 +289,9 @@ class _Trace:
         self.tags = tags
         self.ref = TraceRef()
         self.experiment_id: str | None = tracer._experiment_id() if live else None
+        # A live trace is MLflow's own; a replayed one is written from another thread or process,
+        # where the caller's active run and prediction context are not visible: read them now.
+        self.links = CallerLinks() if live else CallerLinks.here()
         self.root: Span | None = None
         self.feedback: list[dict[str, Any]] = []
         self.key: str | None = None  # chosen by a writer that picks the trace id itself
@@ -509,13 +555,14 @@ class _ThreadWriter(_QueueWriter):
     A flush that finds more than ``DRAIN_MIN`` traces waiting (the end of a long ``ml.batch``, or
     interpreter exit) writes them itself with MLflow's multi-trace ``log_spans``, the process
     exporter's path, at about a tenth of the CPU per trace: they are written in seconds instead
-    of being dropped at the flush timeout, without MLflow's client metadata (``mlflow.user``,
-    ``mlflow.source.*``).
+    of being dropped at the flush timeout, without trace metadata (``mlflow.user``,
+    ``mlflow.source.*``, ``mlflow.modelId``).
     """
 
     mode = "thread"
     max_batch = 1  # what waits stays in the queue, where a flush can drain it
     _unflushed = False  # written to MLflow since its export queue was last flushed
+    _destination: Any = None  # trace_export.Destinations, when needed
 
     def _drain(self) -> None:
         with self._cond:
@@ -532,7 +579,7 @@ class _ThreadWriter(_QueueWriter):
         for trace in batch:
             trace_id = None
             try:
-                trace.experiment_id = trace.tracer._experiment_id()
+                trace.experiment_id = self._experiment_id(trace)
                 assert trace.root is not None
                 trace.root._replay()
                 trace_id = getattr(trace.root._live, "trace_id", None)
@@ -545,6 +592,18 @@ class _ThreadWriter(_QueueWriter):
                 atexit.register(self.flush)
                 self._unflushed = True
                 self._done(trace.ref, trace_id)
+
+    def _experiment_id(self, trace: _Trace) -> str | None:
+        """Where ``trace`` goes; None leaves it to MLflow (which honours ``set_destination``)."""
+        own = trace.tracer._experiment_id() or trace.links.run_experiment_id
+        if own or not CallerLinks.here().run_id:
+            return own
+        # A run began after the call: MLflow would file the trace in that run's experiment.
+        from .trace_export import Destinations
+
+        if self._destination is None:
+            self._destination = Destinations()
+        return self._destination(trace)[1]
 
     def _flushed(self) -> None:
         mlflow = sys.modules.get("mlflow")

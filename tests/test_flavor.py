@@ -3,6 +3,7 @@ settings file, secrets, corrupted artifacts, registry aliases and gated promotio
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -119,6 +120,29 @@ def test_structured_details_and_streaming(tmp_path, stub, api_key):
     assert details["trace_id"].str.startswith("tr-").all() and details["error"].isna().all()
     chunks = list(bot.predict_stream({"question": "stream this"}))
     assert len(chunks) > 3 and "".join(chunks) == "Stub answer from gpt-4o: Answer the customer: stream this"
+
+
+def test_predictions_are_traced_to_the_logged_model(stub, api_key):
+    """MLflow links a pyfunc's traces to its LoggedModel (the model page's Traces tab): one row,
+    several rows (answered concurrently), and from a notebook cell (an event loop is running)."""
+    with mlflow.start_run():
+        info = ml.log_model(name="traced_bot", model="gpt-4o", prompt=PROMPT,
+                            params={"api_base": stub.openai_base})
+    bot = mlflow.pyfunc.load_model(info.model_uri)
+
+    def predict(questions):
+        return bot.predict(pd.DataFrame({"question": questions}), params={"return_details": True})
+
+    async def in_a_notebook_cell(questions):
+        return predict(questions)
+
+    frames = [predict(["one row?"]), predict(["row a?", "row b?"]),
+              asyncio.run(in_a_notebook_cell(["cell a?", "cell b?"]))]
+    trace_ids = {t for frame in frames for t in frame["trace_id"]}
+    assert len(trace_ids) == 5 and None not in trace_ids
+    ml.flush_traces()
+    linked = mlflow.search_traces(model_id=info.model_id, return_type="list")
+    assert {t.info.trace_id for t in linked} == trace_ids
 
 
 def test_row_errors_raise_or_are_reported_in_details(tmp_path, stub, api_key):

@@ -243,7 +243,8 @@ def test_a_flush_writes_a_backlog_in_batches_in_the_thread_writer():
     release, original = threading.Event(), writer._write
     writer._write = lambda batch: (release.wait(60), original(batch))  # the writer is stuck on one
     marker = uuid.uuid4().hex
-    responses = [client.query(f"backlog {i}", model="lite/echo", tags={"test_marker": marker}) for i in range(40)]
+    with mlflow.start_run() as run:
+        responses = [client.query(f"backlog {i}", model="lite/echo", tags={"test_marker": marker}) for i in range(40)]
     deadline = time.monotonic() + 10
     while len(writer._pending) != 39 and time.monotonic() < deadline:
         time.sleep(0.01)  # one taken by the stuck writer, the rest waiting
@@ -260,6 +261,9 @@ def test_a_flush_writes_a_backlog_in_batches_in_the_thread_writer():
         assert trace.data.spans[0].outputs["choices"][0]["message"]["content"] == r.text
     # the one the thread wrote carries MLflow's client metadata, the drained ones do not
     assert sum("mlflow.user" in traces[r.trace_id].info.trace_metadata for r in responses) == 1
+    # all are linked to the run they were made in, though written after it ended
+    in_run = mlflow.search_traces(run_id=run.info.run_id, max_results=100, return_type="list")
+    assert {t.info.trace_id for t in in_run} == set(traces)
 
 
 def test_the_exporter_writes_to_a_tracking_server_over_http(stub, openai_kw, tmp_path, monkeypatch):

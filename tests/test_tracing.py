@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 
 import mlflow
@@ -223,3 +224,58 @@ def test_writer_drops_traces_beyond_its_bound_instead_of_growing(stub, openai_kw
     r = client.query(model="gpt-4o", prompt="dropped trace", **openai_kw)
     assert r.text.startswith("Stub answer") and r.trace_id is None  # the call itself is unaffected
     assert client.tracer._writer.dropped == 1 and "dropped" in caplog.text
+
+
+def _hold_writer(client: ml.Client, monkeypatch) -> threading.Event:
+    """Keep ``client``'s writer from writing until the returned event is set."""
+    gate, writer = threading.Event(), client.tracer._writer
+    write = writer._write
+
+    def held(batch):
+        assert gate.wait(60)
+        write(batch)
+
+    monkeypatch.setattr(writer, "_write", held)
+    return gate
+
+
+def _run_traces(run_id: str, experiment_id: str) -> set[str]:
+    return {t.info.trace_id for t in mlflow.search_traces(locations=[experiment_id], run_id=run_id, return_type="list")}
+
+
+@pytest.mark.parametrize("export", ["thread", "process"])
+def test_traces_link_to_the_run_active_when_the_call_was_made(export, stub, openai_kw, monkeypatch):
+    """Written after that run ended and another began, a trace still belongs to its call's run and
+    that run's experiment, as MLflow's own traces do; a call outside any run links to none."""
+    client = ml.Client()
+    client.set_tracing(export=export)
+    experiment = mlflow.create_experiment(f"run-links-{uuid.uuid4().hex[:8]}")
+    gate = _hold_writer(client, monkeypatch)
+    with mlflow.start_run(experiment_id=experiment) as first:
+        inside = [client.query(model="gpt-4o", prompt=f"in the run {i}", **openai_kw) for i in range(2)]
+    outside = client.query(model="gpt-4o", prompt="after the run", **openai_kw)
+    with mlflow.start_run(experiment_id=experiment) as second:  # the latest active run as they are written
+        gate.set()
+        client.flush_traces()
+    inside_ids = {r.trace_id for r in inside}
+    assert None not in inside_ids and outside.trace_id is not None
+    assert _run_traces(first.info.run_id, experiment) == inside_ids
+    assert _run_traces(second.info.run_id, experiment) == set()
+    assert {get_trace(i).info.experiment_id for i in inside_ids} == {experiment}
+    assert get_trace(outside.trace_id).info.experiment_id != experiment
+    if export == "thread":  # MLflow's own record of the run, as for any trace made in a run
+        assert {get_trace(i).info.trace_metadata.get("mlflow.sourceRun") for i in inside_ids} == {first.info.run_id}
+        assert "mlflow.sourceRun" not in get_trace(outside.trace_id).info.trace_metadata
+
+
+def test_traces_link_to_the_active_model(client, stub, openai_kw):
+    """``mlflow.set_active_model`` links traces to that LoggedModel (the flavor's predict gets the
+    same from MLflow's prediction context: test_flavor)."""
+    model = mlflow.set_active_model(name=f"active-{uuid.uuid4().hex[:8]}")
+    try:
+        r = client.query(model="gpt-4o", prompt="which model?", **openai_kw)
+    finally:
+        mlflow.clear_active_model()
+    later = client.query(model="gpt-4o", prompt="no model now", **openai_kw)
+    assert get_trace(r.trace_id).info.trace_metadata.get("mlflow.modelId") == model.model_id
+    assert "mlflow.modelId" not in get_trace(later.trace_id).info.trace_metadata
