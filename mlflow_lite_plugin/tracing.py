@@ -337,6 +337,18 @@ def _live_context() -> tuple[bool, Any]:
     return any(map(_is_mlflow_callback, _litellm_callbacks())), None
 
 
+def _disabled_in_mlflow() -> bool:
+    """``mlflow.tracing.disable()`` is in effect. Checked at the call: a trace written later would
+    escape it (``mlflow.genai.evaluate`` disables tracing to probe whether a function traces)."""
+    provider = sys.modules.get("mlflow.tracing.provider")
+    if provider is None:
+        return False  # nobody has disabled it
+    try:
+        return not provider.is_tracing_enabled()
+    except Exception:
+        return False
+
+
 def _is_mlflow_callback(callback: Any) -> bool:
     return callback == "mlflow" or type(callback).__name__ == "MlflowLogger"
 
@@ -407,6 +419,8 @@ class Tracer:
             live, parent = _live_context()
         except Exception:
             live, parent = False, None
+        if not live and _disabled_in_mlflow():
+            return NullSpan()
         trace = _Trace(self, live, parent, tags)
         trace.root = Span(trace, name, span_type, inputs, attributes)
         return trace.root

@@ -279,3 +279,48 @@ def test_traces_link_to_the_active_model(client, stub, openai_kw):
     later = client.query(model="gpt-4o", prompt="no model now", **openai_kw)
     assert get_trace(r.trace_id).info.trace_metadata.get("mlflow.modelId") == model.model_id
     assert "mlflow.modelId" not in get_trace(later.trace_id).info.trace_metadata
+
+
+@pytest.mark.parametrize("export", ["thread", "process"])
+def test_mlflow_tracing_disable_is_honoured_at_the_call(export, stub, openai_kw, monkeypatch):
+    client = ml.Client()
+    client.set_tracing(export=export)
+    gate = _hold_writer(client, monkeypatch)  # written after tracing is back on, it must not appear
+    mlflow.tracing.disable()
+    try:
+        untraced = client.query(model="gpt-4o", prompt="while disabled", **openai_kw)
+    finally:
+        mlflow.tracing.enable()
+        gate.set()
+    traced = client.query(model="gpt-4o", prompt="enabled again", **openai_kw)
+    assert untraced.text.startswith("Stub answer") and untraced.trace_id is None
+    assert get_trace(traced.trace_id).data.spans[0].name == "mlflow_lite.query"
+
+
+def test_mlflow_genai_evaluate_traces_each_row_once(client):
+    """``mlflow.genai.evaluate`` probes ``predict_fn`` with tracing disabled, then traces it: each
+    row is one trace with our spans nested in it, linked to the evaluation run; the probe leaves
+    no trace behind."""
+    from mlflow.genai.scorers import scorer
+
+    @scorer
+    def answered(outputs) -> bool:
+        return outputs.startswith("Echo: What is")
+
+    def predict(question: str) -> str:
+        return client.query(question, model="lite/echo").text
+
+    experiment = mlflow.set_experiment(f"genai-eval-{uuid.uuid4().hex[:8]}").experiment_id
+    try:
+        result = mlflow.genai.evaluate(data=[{"inputs": {"question": f"What is {i}?"}} for i in range(3)],
+                                       predict_fn=predict, scorers=[answered])
+    finally:
+        mlflow.set_experiment("Default")
+    client.flush_traces()
+    assert result.metrics["answered/mean"] == 1.0
+    traces = mlflow.search_traces(locations=[experiment], return_type="list")
+    assert len(traces) == 3
+    for trace in traces:
+        assert [s.name for s in trace.data.spans] == ["predict", "mlflow_lite.query", "lite/echo (attempt 1)"]
+        assert trace.info.tags.get("mlflow.eval.requestId")
+    assert len(mlflow.search_traces(locations=[experiment], run_id=result.run_id, return_type="list")) == 3
