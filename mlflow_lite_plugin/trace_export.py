@@ -338,10 +338,11 @@ def _link_runs(uri: str, records: list[dict[str, Any]]) -> None:
     client = MlflowClient(uri)
     for run_id, trace_ids in by_run.items():
         for start in range(0, len(trace_ids), LINKS_PER_CALL):
+            chunk = trace_ids[start:start + LINKS_PER_CALL]
             try:
-                client.link_traces_to_run(trace_ids[start:start + LINKS_PER_CALL], run_id)
+                client.link_traces_to_run(chunk, run_id)
             except Exception as exc:  # the traces are written; only the link is missing
-                _logger.warning("Could not link %d trace(s) to run %s: %s", len(trace_ids), run_id, exc)
+                _logger.warning("Could not link %d trace(s) to run %s: %s", len(chunk), run_id, exc)
 
 
 def mlflow_span_dicts(record: dict[str, Any]) -> list[dict[str, Any]]:

@@ -222,7 +222,7 @@ def test_traces_are_written_at_exit_and_the_exporter_exits_with_the_process(stub
 
 
 def _traces_tagged(marker: str) -> list:
-    return mlflow.search_traces(filter_string=f"tags.test_marker = '{marker}'", return_type="list", max_results=100)
+    return mlflow.search_traces(filter_string=f"tags.test_marker = '{marker}'", return_type="list", max_results=1000)
 
 
 def test_bad_export_values_are_refused_by_name(monkeypatch):
@@ -243,14 +243,15 @@ def test_a_flush_writes_a_backlog_in_batches_in_the_thread_writer():
     release, original = threading.Event(), writer._write
     writer._write = lambda batch: (release.wait(60), original(batch))  # the writer is stuck on one
     marker = uuid.uuid4().hex
+    n = 130  # more than MLflow links to a run in one call
     with mlflow.start_run() as run:
-        responses = [client.query(f"backlog {i}", model="lite/echo", tags={"test_marker": marker}) for i in range(40)]
+        responses = [client.query(f"backlog {i}", model="lite/echo", tags={"test_marker": marker}) for i in range(n)]
     deadline = time.monotonic() + 10
-    while len(writer._pending) != 39 and time.monotonic() < deadline:
+    while len(writer._pending) != n - 1 and time.monotonic() < deadline:
         time.sleep(0.01)  # one taken by the stuck writer, the rest waiting
     writer._drain()
     drained = [r for r in responses if r._trace._done.is_set()]
-    assert len(drained) == 39 and all(r.trace_id for r in drained)
+    assert len(drained) == n - 1 and all(r.trace_id for r in drained)
     release.set()
     client.flush_traces()
     traces = {t.info.trace_id: t for t in _traces_tagged(marker)}
@@ -262,7 +263,7 @@ def test_a_flush_writes_a_backlog_in_batches_in_the_thread_writer():
     # the one the thread wrote carries MLflow's client metadata, the drained ones do not
     assert sum("mlflow.user" in traces[r.trace_id].info.trace_metadata for r in responses) == 1
     # all are linked to the run they were made in, though written after it ended
-    in_run = mlflow.search_traces(run_id=run.info.run_id, max_results=100, return_type="list")
+    in_run = mlflow.search_traces(run_id=run.info.run_id, max_results=2 * n, return_type="list")
     assert {t.info.trace_id for t in in_run} == set(traces)
 
 
