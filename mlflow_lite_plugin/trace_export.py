@@ -98,7 +98,7 @@ class Destinations:
         from mlflow.tracking import fluent
 
         uri = mlflow.get_tracking_uri()
-        own = trace.tracer._experiment_id() or trace.links.run_experiment_id
+        own = trace.chosen_experiment_id()
         if own is not None:
             return uri, own
         # Resolving the active experiment costs ~1 ms (MLflow probes for Databricks each time):

@@ -296,6 +296,10 @@ class _Trace:
         self.feedback: list[dict[str, Any]] = []
         self.key: str | None = None  # chosen by a writer that picks the trace id itself
 
+    def chosen_experiment_id(self) -> str | None:
+        """The client's own experiment, else the experiment of the caller's run, else None."""
+        return self.tracer._experiment_id() or self.links.run_experiment_id
+
     def finish(self) -> None:
         if not self.live:
             self.tracer._writer.submit(self)
@@ -609,7 +613,7 @@ class _ThreadWriter(_QueueWriter):
 
     def _experiment_id(self, trace: _Trace) -> str | None:
         """Where ``trace`` goes; None leaves it to MLflow (which honours ``set_destination``)."""
-        own = trace.tracer._experiment_id() or trace.links.run_experiment_id
+        own = trace.chosen_experiment_id()
         if own or not CallerLinks.here().run_id:
             return own
         # A run began after the call: MLflow would file the trace in that run's experiment.
