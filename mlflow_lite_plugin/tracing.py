@@ -361,7 +361,9 @@ def _litellm_callbacks() -> list[Any]:
     litellm = sys.modules.get("litellm")
     if litellm is None:
         return []
-    names = ("success_callback", "failure_callback", "callbacks")
+    # LiteLLM's async lists too: mlflow.litellm.autolog(disable=True) leaves its logger there, and
+    # LiteLLM still calls it for async calls (ml.batch), which then log a second, separate trace.
+    names = ("success_callback", "failure_callback", "callbacks", "_async_success_callback", "_async_failure_callback")
     return [cb for name in names for cb in getattr(litellm, name, None) or []]
 
 

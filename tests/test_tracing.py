@@ -97,7 +97,20 @@ def test_nests_under_callers_active_span(client, stub, openai_kw):
         "mlflow_lite.model": "gpt-4o", "team": "search"}
 
 
-def test_litellm_autolog_does_not_log_twice(client, stub, openai_kw):
+@pytest.fixture
+def litellm_callbacks():
+    """Restore LiteLLM's callback lists after the test: ``mlflow.litellm.autolog(disable=True)``
+    leaves MLflow's logger in LiteLLM's async lists, which would put every later test in live mode."""
+    import litellm
+
+    names = ("success_callback", "failure_callback", "callbacks", "_async_success_callback", "_async_failure_callback")
+    saved = {name: list(getattr(litellm, name)) for name in names}
+    yield
+    for name, value in saved.items():
+        setattr(litellm, name, value)
+
+
+def test_litellm_autolog_does_not_log_twice(client, stub, openai_kw, litellm_callbacks):
     """With mlflow.litellm.autolog() on, a query or a stream is still exactly one trace."""
     import time
 
@@ -122,6 +135,29 @@ def test_litellm_autolog_does_not_log_twice(client, stub, openai_kw):
     # LiteLLM's own span nests inside our attempt span
     assert [s.name for s in query_spans] == ["mlflow_lite.query", "openai/gpt-4o (attempt 1)", "litellm-completion"]
     assert query_spans[2].parent_id == query_spans[1].span_id
+
+
+def test_batch_after_litellm_autolog_is_disabled_is_one_trace_per_call(client, stub, openai_kw, litellm_callbacks):
+    """LiteLLM keeps calling MLflow's logger for async calls after ``autolog(disable=True)``: the
+    calls of ``ml.batch`` must still be one trace each, not one of ours plus one of LiteLLM's."""
+    import time
+
+    mlflow.litellm.autolog()
+    client.batch([{"prompt": "while autolog is on"}], model="gpt-4o", **openai_kw)  # LiteLLM registers its async logger
+    mlflow.litellm.autolog(disable=True)
+    experiment = mlflow.create_experiment(f"autolog-off-{uuid.uuid4().hex[:8]}")
+    client.set_experiment(mlflow.get_experiment(experiment).name)
+    mlflow.set_experiment(experiment_id=experiment)  # where LiteLLM's logger would write, too
+    try:
+        results = client.batch([{"prompt": f"after autolog {i}"} for i in range(4)], model="gpt-4o", **openai_kw)
+        time.sleep(1)  # LiteLLM logs async calls from a task of its own: give it time to misbehave
+    finally:
+        mlflow.set_experiment("Default")
+    client.flush_traces()
+    mlflow.flush_trace_async_logging()
+    traces = mlflow.search_traces(locations=[experiment], return_type="list")
+    assert sorted(t.info.trace_id for t in traces) == sorted(r.trace_id for r in results)
+    assert {t.data.spans[0].name for t in traces} == {"mlflow_lite.query"}
 
 
 def _run_python(code: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
