@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ArgumentError
+from .uris import uri_scheme
 
 MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 MAX_BYTES = 20 * 1024 * 1024  # the largest image the major providers accept inline
 # The most tokens one image can cost (OpenAI high detail at 768x2048: 8 tiles; Anthropic's cap).
 MAX_IMAGE_TOKENS = 1600
-_DATA_URL = re.compile(r"^data:(image/[\w.+-]+);base64,(.*)$", re.S)
+_DATA_URL = re.compile(r"^data:(image/[\w.+-]+);base64,(.*)$", re.S | re.I)  # schemes and types ignore case
+_URL_SCHEMES = frozenset({"http", "https", "data"})
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,12 @@ def load_images(image: Any) -> list[Image]:
 def _load(item: Any, index: int) -> Image:
     if isinstance(item, (bytes, bytearray, memoryview)):
         return _from_bytes(bytes(item), f"image {index}")
-    if isinstance(item, Path) or (isinstance(item, str) and not re.match(r"^(https?|data):", item)):
+    if isinstance(item, Path) or (isinstance(item, str) and uri_scheme(item, "image") not in _URL_SCHEMES):
         path = Path(item).expanduser()
         if not path.is_file():
             raise ArgumentError("image", f"no such file: {str(path)!r}")
         return _from_bytes(path.read_bytes(), path.name)
-    if isinstance(item, str) and item.startswith("data:"):
+    if isinstance(item, str) and uri_scheme(item, "image") == "data":
         match = _DATA_URL.match(item)
         if not match:
             raise ArgumentError("image", "a data: URL must be data:image/<type>;base64,<data>")
@@ -228,10 +230,17 @@ def redact(messages: Sequence[dict[str, Any]], images: Sequence[Image]) -> list[
 def _reference(part: dict[str, Any], by_url: dict[str, Image]) -> dict[str, Any]:
     url = _url(part)
     image = by_url.get(url)
-    if image is None and url.startswith("data:"):  # inline data that did not come through image=
+    if image is None and _is_data_url(url):  # inline data that did not come through image=
         digest = hashlib.sha256(url.encode()).hexdigest()[:16]
         return {"type": "image_url", "image_url": {"url": f"[inline image, {len(url)} chars, sha256:{digest}]"}}
     return {"type": "image_url", "image_url": {"url": image.reference() if image else url}}
+
+
+def _is_data_url(url: str) -> bool:
+    try:
+        return uri_scheme(url) == "data"
+    except ArgumentError:  # a malformed URL is not inline data, and redacting a trace never fails
+        return False
 
 
 def _url(part: dict[str, Any]) -> str:
