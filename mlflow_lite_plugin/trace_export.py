@@ -32,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .tracing import TraceRef, _QueueWriter
@@ -63,7 +62,7 @@ def trace_record(trace: _Trace, tracking_uri: str, experiment_id: str) -> dict[s
             "span_id": span_id, "parent_id": parent_id, "name": span.name, "type": span.span_type,
             "start_ns": span.start_ns, "end_ns": span.end_ns or time.time_ns(),
             "inputs": span.inputs, "outputs": span.outputs, "attributes": span.attributes,
-            "events": span.events, "error": _error(span.error),
+            "events": span.events, "error": span.error_record(),
         })
         for child in span.children:
             add(child, span_id)
@@ -71,13 +70,6 @@ def trace_record(trace: _Trace, tracking_uri: str, experiment_id: str) -> dict[s
     add(trace.root, None)
     return {"key": trace.key, "tracking_uri": tracking_uri, "experiment_id": experiment_id,
             "tags": trace.tags, "feedback": trace.feedback, "spans": spans, "run_id": trace.links.run_id}
-
-
-def _error(error: BaseException | None) -> dict[str, str] | None:
-    if error is None:
-        return None
-    return {"type": type(error).__name__, "message": str(error),
-            "stacktrace": "".join(traceback.format_exception(error)).strip()}
 
 
 def _sampling_ratio() -> float:

@@ -9,6 +9,9 @@ Two cases write spans live instead, as the call runs:
 - ``mlflow.litellm.autolog()`` is on: LiteLLM's own MLflow span then nests under our attempt span,
   so the call is one trace, not two.
 Tracing never fails a call: a store that cannot be reached logs a warning and trace_id is None.
+Credentials stay out of traces: span errors (message, stack trace with its source lines, the
+``mlflow_lite.error`` attribute) and events go through the package's scrubber
+(:mod:`.credentials`), which also masks the call's own key (:meth:`Span.hide`) exactly.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ import os
 import sys
 import threading
 import time
+import traceback
 import weakref
 from collections import deque
 from contextlib import contextmanager
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
+
+from . import credentials
 
 _logger = logging.getLogger(__name__)
 
@@ -97,6 +103,9 @@ class Span:
         self.end_ns: int | None = None
         self.outputs: Any = None
         self.error: BaseException | None = None
+        # The error's traceback as it was when the span ended: the exception object's own grows
+        # with the caller's frames (and their source lines) as it propagates.
+        self._error_summary: traceback.TracebackException | None = None
         self._live: Any = None
         if trace.live:
             self._open_live()
@@ -117,8 +126,14 @@ class Span:
         if self._live is not None:
             _safely(self._live.set_attributes, attributes)
 
+    def hide(self, values: Iterable[str]) -> None:
+        """Mask these values (the call's own API key) wherever they would appear in this trace's
+        errors, whatever they look like."""
+        self._trace.secrets.update(v for v in values if isinstance(v, str))
+
     def add_event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
-        event = (name, time.time_ns(), dict(attributes or {}))
+        # Events are few (first token, stage errors) and may quote an error: scrubbed.
+        event = (name, time.time_ns(), credentials.scrub_data(dict(attributes or {}), self._trace.secrets))
         self.events.append(event)
         if self._live is not None:
             _safely(self._live_event, event)
@@ -145,6 +160,11 @@ class Span:
         self.end_ns = time.time_ns()
         self.outputs = outputs
         self.error = error
+        if error is not None:
+            # Lines are read when written, off the caller's path; the frames are fixed now.
+            self._error_summary = traceback.TracebackException.from_exception(error, lookup_lines=False)
+            # An errored span's attributes quote the error (``mlflow_lite.error``).
+            self.attributes = credentials.scrub_data(self.attributes, self._trace.known_secrets())
         if self._live is not None:
             _safely(self._close_live)
         if self.parent is None:
@@ -200,9 +220,29 @@ class Span:
         name, timestamp, attributes = event
         self._live.add_event(SpanEvent(name=name, timestamp=timestamp, attributes=attributes))
 
+    def error_record(self) -> dict[str, str] | None:
+        """The span's error as MLflow's exception event holds it (type, message, stack trace),
+        every secret scrubbed, the source lines of the trace included."""
+        if self._error_summary is None:
+            return None
+        known = self._trace.known_secrets()
+        return {
+            "type": type(self.error).__name__,
+            "message": credentials.scrub(str(self.error), known),
+            "stacktrace": credentials.scrub("".join(self._error_summary.format()).strip(), known),
+        }
+
     def _close_live(self) -> None:
-        if self.error is not None:
-            self._live.record_exception(self.error)
+        record = self.error_record()
+        if record is not None:
+            # Not MLflow's record_exception: it formats the exception's own, unscrubbed traceback.
+            from mlflow.entities import SpanEvent, SpanStatus, SpanStatusCode
+
+            self._live.set_attributes(self.attributes)  # live spans got them unscrubbed
+            self._live.add_event(SpanEvent(name="exception", attributes={
+                "exception.message": record["message"], "exception.type": record["type"],
+                "exception.stacktrace": record["stacktrace"]}))
+            self._live.set_status(SpanStatus(SpanStatusCode.ERROR, f"{record['type']}: {record['message']}"))
         if self.parent is None and self._trace.feedback:
             _safely(self._log_feedback)
         self._live.end(outputs=self.outputs, end_time_ns=self.end_ns)
@@ -294,7 +334,13 @@ class _Trace:
         self.links = CallerLinks() if live else CallerLinks.here()
         self.root: Span | None = None
         self.feedback: list[dict[str, Any]] = []
+        self.secrets: set[str] = set()  # values to mask exactly (Span.hide)
         self.key: str | None = None  # chosen by a writer that picks the trace id itself
+
+    def known_secrets(self) -> list[str]:
+        """What the trace must never show: the call's own secrets and the process's credential
+        environment variables."""
+        return [*self.secrets, *credentials.secret_env_values()]
 
     def chosen_experiment_id(self) -> str | None:
         """The client's own experiment, else the experiment of the caller's run, else None."""
@@ -314,6 +360,9 @@ class NullSpan:
         return self
 
     def set_attributes(self, attributes: dict[str, Any]) -> None:
+        pass
+
+    def hide(self, values: Iterable[str]) -> None:
         pass
 
     def add_event(self, name: str, attributes: dict[str, Any] | None = None) -> None:
