@@ -17,10 +17,10 @@ import logging
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Sequence
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -60,6 +60,17 @@ def create_app(
     )
     app.state.ui = state
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+
+    @app.middleware("http")
+    async def scrubbed_errors(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """An unexpected error (a tracking store that cannot be reached...) as a 500 whose message
+        is scrubbed: Starlette's own handler would re-raise it for the server to log unscrubbed."""
+        try:
+            return await call_next(request)
+        except Exception as exc:
+            logger.exception("UI request %s failed", request.url.path)  # scrubbed by the package's log filter
+            return JSONResponse({"detail": state.scrub(f"{type(exc).__name__}: {exc}")}, status_code=500)
+
     for module in (playground, traces, dashboard):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
