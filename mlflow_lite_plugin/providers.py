@@ -8,11 +8,10 @@ retries are ours: every attempt is its own span and is costed.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import TYPE_CHECKING, Any, Generator, Iterator
 
-from . import tracing
+from . import credentials, tracing
 from .errors import ProviderError, from_provider_exception
 from .models import litellm_module
 from .pipeline import chat_inputs
@@ -23,17 +22,15 @@ if TYPE_CHECKING:
     from .pipeline import Call
     from .tracing import NullSpan, Span
 
-# Never copied into a trace: credentials and headers that may carry them.
-_SECRET = re.compile(r"(api_key|secret|password|credential|authorization|_token$|^headers$|extra_headers)", re.I)
-
-
 def is_secret(name: str) -> bool:
     """True for a parameter name that carries credentials (never traced, never saved)."""
-    return bool(_SECRET.search(name))
+    return credentials.is_secret_name(name)
 
 
-def _safe_params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if not is_secret(k)}
+def _safe_params(params: dict[str, Any], known: list[str]) -> dict[str, Any]:
+    """The call's parameters as a trace shows them: credentials left out, and secrets inside the
+    others (a URL's password, a key in ``extra_body``) masked."""
+    return credentials.scrub_data({k: v for k, v in params.items() if not is_secret(k)}, known)
 
 
 class Provider:
@@ -99,7 +96,9 @@ class Provider:
 
     def _start(self, call: Call, attempt: Attempt) -> Span | NullSpan:
         call.state["answering_model"] = attempt.model
-        inputs = {**chat_inputs(call.messages, attempt.model.name, call.request.images), **_safe_params(call.request.params)}
+        known = credentials.secret_values(call.request.params)
+        call.span.hide(known)  # the key this call uses, masked in its trace whatever it looks like
+        inputs = {**chat_inputs(call.messages, attempt.model.name, call.request.images), **_safe_params(call.request.params, known)}
         reask = f", re-ask {call.reasks}" if call.reasks else ""
         return call.span.child(
             f"{attempt.model.name} (attempt {attempt.number}{reask})",
