@@ -19,9 +19,11 @@ What is saved (next to ``MLmodel``, which lists ``mlflow_lite`` and ``python_fun
   model gives without calling the provider, from ``cache_data`` (a DataFrame of the prompt's
   variables plus an ``answer`` column) or a live cache (``cache_data=ml.semantic_cache()``).
 
-Secrets are never written: a parameter named like a credential (``api_key``, ``*_token``,
-headers...) or a URL holding a password is refused at save; they come from the serving
-environment (``OPENAI_API_KEY``, ``MLFLOW_LITE_REDIS_URL``, ...).
+Secrets are never written: a setting named like a credential (``api_key``, ``token``, headers...)
+or whose value looks like one (a provider key, a URL with userinfo or a secret query parameter, a
+random token; :mod:`.credentials`), in the parameters, settings, metadata, tags or requirements, is
+refused at save, before anything is written; they come from the serving environment
+(``OPENAI_API_KEY``, ``MLFLOW_LITE_REDIS_URL``, ...). Errors a served model returns are scrubbed.
 
 The signature is inferred: one string column per prompt variable in, a string out, and
 predict-time ``params`` (``temperature``, ``max_tokens``, ``top_p``, ``return_details``).
@@ -39,7 +41,6 @@ import string
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
-from urllib.parse import urlsplit
 
 import pandas as pd
 import yaml
@@ -65,9 +66,9 @@ from mlflow.utils.file_utils import write_to
 from mlflow.utils.model_utils import _get_flavor_configuration, _validate_and_prepare_target_save_path
 from mlflow.utils.requirements_utils import _get_pinned_requirement
 
+from . import credentials
 from .client import Client
 from .errors import MlflowLiteError
-from .providers import is_secret
 from .request import build_request
 from .response import Response
 
@@ -142,6 +143,10 @@ def save_model(
     are the keywords of ``set_cache``/``set_semantic_cache``/``set_rate_limit``/``set_budget``.
     """
     _validate_env_arguments(conda_env, pip_requirements, extra_pip_requirements)
+    _refuse_credentials({
+        "metadata": metadata, "mlflow_model.metadata": getattr(mlflow_model, "metadata", None),
+        "pip_requirements": pip_requirements, "extra_pip_requirements": extra_pip_requirements, "conda_env": conda_env,
+    })
     config = _config(
         model, prompt, system, {**(params or {}), **(completion_params or {})}, fallbacks, num_retries,
         aliases, cache, semantic_cache, cache_data, validate, on_fail, max_attempts, rate_limit, budget,
@@ -195,8 +200,11 @@ def log_model(
 
     ``validate_serving_input=True`` lets MLflow run ``input_example`` through the model at log
     time, as it does for other flavors; off by default because that is a paid provider call."""
-    # Before Model.log: it records the logged model's params before it calls save_model.
-    _refuse_credentials({"params": params or {}, **{k: v for k, v in settings.items() if k in _SETTINGS}})
+    # Before Model.log: it records the logged model's params, metadata and tags before it calls save_model.
+    _refuse_credentials({
+        "prompt": prompt, "params": params or {}, "metadata": metadata, "tags": tags,
+        **{k: v for k, v in settings.items() if k != "cache_data"},
+    })
     return Model.log(
         artifact_path=None,
         name=name or "model",
@@ -238,7 +246,8 @@ def _config(
     for key, value in settings.items():
         if value is not None and not isinstance(value, Mapping):
             raise _invalid(f"{key} must be a dict of settings, got {type(value).__name__}")
-    _refuse_credentials({"params": params, **settings})
+    _refuse_credentials({"prompt": prompt, "system": system, "params": params, "fallbacks": fallbacks,
+                         "aliases": aliases, "validate": validate, **settings})
     if cache_data is not None and semantic_cache is None:
         semantic_cache = {}  # known answers are served by the semantic cache
     if validate is not None and not _storable(validate):
@@ -338,8 +347,8 @@ class LiteModel:
             raise MlflowException(f"The mlflow_lite model is missing its settings file {config_path}")
         try:
             config = yaml.safe_load(config_path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise MlflowException(f"The mlflow_lite settings file {config_path} is corrupted: {exc}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:  # the message may quote the file
+            raise MlflowException(credentials.scrub(f"The mlflow_lite settings file {config_path} is corrupted: {exc}")) from None
         if not isinstance(config, dict) or not isinstance(config.get("model"), str) or "prompt" not in config:
             raise MlflowException(f"The mlflow_lite settings file {config_path} has no model and prompt")
         return cls(config, config_path.parent)
@@ -482,7 +491,7 @@ def _client(config: Mapping[str, Any], root: Path | None) -> Client:
             # (and GIL) of the requests (benchmarks/serve.py).
             client.set_tracing(export="process")
     except MlflowLiteError as exc:
-        raise _invalid(f"bad mlflow_lite setting: {exc}") from None
+        raise _invalid(credentials.scrub(f"bad mlflow_lite setting: {exc}", _known(config))) from None
     return client
 
 
@@ -503,7 +512,7 @@ def _detail(result: Response | BaseException) -> dict[str, Any]:
     if isinstance(result, BaseException):
         response = getattr(result, "response", None)  # a ValidationError still has its answer
         row = _detail(response) if isinstance(response, Response) else dict.fromkeys(DETAIL_COLUMNS)
-        row["error"] = f"{type(result).__name__}: {result}"
+        row["error"] = credentials.scrub(f"{type(result).__name__}: {result}", credentials.secret_env_values())
         row["trace_id"] = _trace_id(result) or row.get("trace_id")
         return row
     validation = result.validation
@@ -538,34 +547,18 @@ def _storable(value: Any) -> bool:
 
 
 def _refuse_credentials(sections: Mapping[str, Any]) -> None:
-    for where in _credentials(sections):
+    """Refuse a save that would write a credential (by name or by value), naming where it is, never
+    what it is."""
+    for where in credentials.secret_settings(sections):
         raise _invalid(
             f"{where} holds a credential and would be written into the model: never save secrets. Give it "
             "through the serving environment instead (OPENAI_API_KEY, ANTHROPIC_API_KEY, MLFLOW_LITE_REDIS_URL...)."
         )
 
 
-def _credentials(value: Any, path: str = "") -> Iterator[str]:
-    """Where ``value`` holds a credential: a key named like one, or a URL with a password."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if is_secret(str(key)) and item:
-                yield where
-            else:
-                yield from _credentials(item, where)
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            yield from _credentials(item, f"{path}[{i}]")
-    elif isinstance(value, str) and _has_password(value):
-        yield path
-
-
-def _has_password(text: str) -> bool:
-    try:
-        return "://" in text and urlsplit(text).password is not None
-    except ValueError:
-        return False
+def _known(config: Mapping[str, Any]) -> list[str]:
+    """Secret values a served model's errors must not show: its settings' own and the environment's."""
+    return [*credentials.secret_values(config), *credentials.secret_env_values()]
 
 
 def served_error(error: BaseException) -> MlflowException:
@@ -583,9 +576,10 @@ def served_error(error: BaseException) -> MlflowException:
         ((errors.ProviderUnavailableError, errors.ProviderConnectionError), "TEMPORARILY_UNAVAILABLE"),  # 503
     ]
     code = next((code for kind, code in codes if isinstance(error, kind)), "INTERNAL_ERROR")  # 500
+    known = credentials.secret_env_values()  # a provider's message may quote the key or the URL
     if isinstance(error, MlflowException):
-        return error
-    return MlflowException(f"{type(error).__name__}: {error}", error_code=_code(code))
+        return MlflowException(credentials.scrub(error.message, known), error_code=_code(error.error_code))
+    return MlflowException(credentials.scrub(f"{type(error).__name__}: {error}", known), error_code=_code(code))
 
 
 def _code(name: str) -> int:
