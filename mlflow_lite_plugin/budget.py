@@ -9,10 +9,13 @@ How a call is accounted (the ``budget`` stage, order 100, before the caches and 
 1. ``before``: the call's *worst-case* cost is reserved atomically in the ledger: prompt tokens
    plus ``max_tokens`` (else ``max_completion_tokens``, else the model's ``max_output_tokens``
    from LiteLLM's price map, else :data:`DEFAULT_MAX_OUTPUT_TOKENS`) at the highest price among
-   the primary model and its fallbacks. If spent + reserved-by-calls-in-flight + this
-   reservation would pass a limit, the call is refused with :class:`BudgetExceededError` and the
-   provider is never called. Check and reserve are one transaction (SQLite ``BEGIN IMMEDIATE``,
-   Redis Lua script), so threads, processes and hosts sharing a ledger cannot overspend together.
+   the primary model and its fallbacks. If spent + this reservation would pass a limit, the call
+   is refused at once with :class:`BudgetExceededError` and the provider is never called. If only
+   the reservations of calls in flight stand in the way, the call waits (up to ``max_wait``
+   seconds) for them to settle, since they usually cost less than their worst case, then tries
+   again; past ``max_wait`` it is refused. Check and reserve are one transaction (SQLite
+   ``BEGIN IMMEDIATE``, Redis Lua script), so threads, processes and hosts sharing a ledger
+   cannot overspend together.
 2. ``after`` (every answer, also cache hits and partial streams): the reservation is replaced by
    the actual cost of the call (``call.spent``; $0 for a cache hit). Alerts whose threshold the
    period's spend crossed fire, once per period per threshold, across processes.
@@ -33,12 +36,15 @@ the trace).
 
 The ledger fails closed: if it cannot be reached before a call, the call is refused with
 :class:`BudgetLedgerError`. Settling after an answer never fails the call (the error is logged).
-Reservations of a process that died are ignored (and deleted) after ``reservation_ttl``
-seconds (15 minutes by default); a settle that arrives later still records the cost.
+A call's reservation is a lease of ``reservation_ttl`` seconds (60 by default) that one
+background thread per process renews every third of it while the call runs, however long that
+is. A process that died stops renewing, so its reservations are ignored (and deleted) within
+``reservation_ttl``; a settle that arrives later still records the cost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -46,10 +52,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone as dt_timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .sqlite_util import enable_wal
@@ -65,7 +71,12 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096  # when neither the call nor LiteLLM's price map bounds the output
-DEFAULT_RESERVATION_TTL = 15 * 60.0  # seconds after which a reservation is considered abandoned
+DEFAULT_RESERVATION_TTL = 60.0  # seconds: a lease not renewed for this long is abandoned
+# Seconds a call waits for the reservations of calls in flight to settle before it is refused:
+# long enough for a few LLM answers to come back, short enough not to hang a served request.
+DEFAULT_MAX_WAIT = 30.0
+_POLL = 0.05  # seconds between looks for other processes' settles while waiting
+_RECHECK = 1.0  # seconds: at most this long between retries (nothing announces a lapsed lease)
 DEFAULT_LEDGER_PATH_ENV = "MLFLOW_LITE_BUDGET_PATH"
 _EPSILON = 1e-9  # USD: float sums of many small costs must not refuse a call that fits exactly
 
@@ -81,8 +92,8 @@ class BudgetExceededError(TracedError):
 
     Attributes: ``spent`` and ``reserved`` (USD, in the period, ``reserved`` by calls in
     flight), ``limit``, ``requested`` (this call's worst-case cost), ``period`` ("daily" or
-    "monthly"), ``period_key``, ``scope`` and ``resets_at`` (aware datetime, or None when raised
-    by a ledger directly).
+    "monthly"), ``period_key``, ``scope``, ``resets_at`` (aware datetime, or None when raised
+    by a ledger directly) and ``waited`` (seconds spent waiting for calls in flight to settle).
     """
 
     def __init__(
@@ -97,6 +108,7 @@ class BudgetExceededError(TracedError):
         period: str | None = None,
         period_key: str | None = None,
         resets_at: datetime | None = None,
+        waited: float = 0.0,
     ):
         self.spent = spent
         self.reserved = reserved
@@ -106,15 +118,17 @@ class BudgetExceededError(TracedError):
         self.period = period
         self.period_key = period_key
         self.resets_at = resets_at
+        self.waited = waited
         super().__init__(message or self._default_message())
 
     def _default_message(self) -> str:
         period = f"{self.period} budget" if self.period else f"budget {self.period_key or ''}".rstrip()
         reset = f"; it resets at {self.resets_at.isoformat()}" if self.resets_at is not None else ""
+        waited = f" (after waiting {self.waited:.1f}s for them to settle)" if self.waited > 0 else ""
         return (
             f"Budget exceeded ({self.scope}): this call could cost up to {usd(self.requested)}, but the "
             f"{period} of {usd(self.limit)} has {usd(self.spent)} spent and {usd(self.reserved)} reserved "
-            f"by calls in flight{reset}."
+            f"by calls in flight{waited}{reset}."
         )
 
 
@@ -137,6 +151,8 @@ class Budget:
     ``scope``: "global" (one budget), "model" (one per primary model) or "tag:<name>" (one per
     value of request tag ``<name>``, e.g. ``tags={"user": "alice"}``).
     ``on_unknown_price``: "refuse" (default) or "allow" (counted as $0, warned).
+    ``max_wait``: seconds a call may wait for calls in flight to settle when only their
+    reservations stand in the way (0: refuse at once; None: wait as long as they take).
     """
 
     daily_limit: float | None = None
@@ -144,10 +160,12 @@ class Budget:
     timezone: str = "UTC"
     scope: str = "global"
     on_unknown_price: str = "refuse"
+    max_wait: float | None = DEFAULT_MAX_WAIT
 
     def __post_init__(self) -> None:
         for name in ("daily_limit", "monthly_limit"):
             check_number(name, getattr(self, name), unit="USD")
+        check_number("max_wait", self.max_wait, allow_zero=True, unit="seconds")
         if self.daily_limit is None and self.monthly_limit is None:
             raise ArgumentError("daily_limit", "give daily_limit= and/or monthly_limit= (USD)")
         if not isinstance(self.timezone, str):
@@ -218,15 +236,33 @@ def usd(amount: float) -> str:
 
 @dataclass(frozen=True)
 class Reservation:
-    """A worst-case amount held in one or more (scope, period) buckets until settled."""
+    """A worst-case amount held in one or more (scope, period) buckets until settled.
+    ``waited``: seconds the reservation waited for calls in flight to settle."""
 
     id: str
     buckets: tuple[tuple[str, str], ...]
     amount: float
+    waited: float = field(default=0.0, compare=False)
 
 
 class Ledger(Protocol):
-    def reserve_many(self, buckets: Sequence[tuple[str, str, float]], amount: float) -> Reservation: ...
+    def reserve_many(
+        self,
+        buckets: Sequence[tuple[str, str, float]],
+        amount: float,
+        *,
+        max_wait: float | None = 0.0,
+        lease: bool = False,
+    ) -> Reservation: ...
+
+    async def areserve_many(
+        self,
+        buckets: Sequence[tuple[str, str, float]],
+        amount: float,
+        *,
+        max_wait: float | None = 0.0,
+        lease: bool = False,
+    ) -> Reservation: ...
 
     def settle(self, reservation: Reservation, actual: float) -> list[float]: ...
 
@@ -239,17 +275,268 @@ class Ledger(Protocol):
     def mark_alert_fired(self, scope_key: str, period_key: str, threshold: float) -> bool: ...
 
 
+class _Miss(NamedTuple):
+    """A reservation that did not fit, and the ledger's change counter when it was checked."""
+
+    error: BudgetExceededError
+    version: Any
+
+
+class _Signal:
+    """Wakes the calls of this process waiting on one ledger storage (threads and asyncio tasks)
+    as soon as a reservation there is settled; ``generation`` counts settles so one that lands
+    between a refusal and the wait is not missed."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._reset()
+
+    def _reset(self) -> None:  # also in a forked child, where another thread may hold the lock
+        self._cond = threading.Condition()
+        self._futures: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+
+    def notify(self) -> None:
+        with self._cond:
+            self.generation += 1
+            self._cond.notify_all()
+            futures, self._futures = self._futures, set()
+        for loop, future in futures:
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # that event loop is closed
+                pass
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True if a settle happened since ``seen``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.generation != seen, timeout)
+
+    async def await_change(self, seen: int, timeout: float) -> bool:
+        """:meth:`wait` for asyncio: the event loop runs on meanwhile."""
+        loop = asyncio.get_running_loop()
+        entry = (loop, loop.create_future())
+        with self._cond:
+            if self.generation != seen:
+                return True
+            self._futures.add(entry)
+        try:
+            await asyncio.wait([entry[1]], timeout=timeout)
+        finally:
+            with self._cond:
+                self._futures.discard(entry)
+        return self.generation != seen
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+_signals: dict[tuple[str, ...], _Signal] = {}
+_signals_lock = threading.Lock()
+
+
+def _signal_for(*storage: str) -> _Signal:
+    """One signal per ledger storage: ledgers of this process opened on the same file (or Redis
+    prefix) wake each other's waiting calls."""
+    with _signals_lock:
+        return _signals.setdefault(storage, _Signal())
+
+
+class _Waiter:
+    """One reservation's wait for calls in flight to settle: when to give up, when to retry."""
+
+    def __init__(self, max_wait: float | None, ttl: float):
+        check_number("max_wait", max_wait, allow_zero=True, unit="seconds")
+        self.started = time.monotonic()
+        self.deadline = None if max_wait is None else self.started + max_wait
+        # Nothing announces a dead process's lease lapsing, so retry now and then anyway.
+        self.recheck_every = min(_RECHECK, ttl / 4)
+        self.next_try = self.started
+        self.refusals = 0
+
+    @property
+    def waited(self) -> float:
+        return time.monotonic() - self.started if self.refusals else 0.0
+
+    def refused(self, error: BudgetExceededError, amount: float) -> None:
+        """Raise ``error`` if waiting cannot help (spent alone leaves no room) or time is up."""
+        waited = self.waited
+        self.refusals += 1
+        now = time.monotonic()
+        if error.spent + amount > error.limit + _EPSILON or (self.deadline is not None and now >= self.deadline):
+            if not waited:
+                raise error
+            raise BudgetExceededError(
+                spent=error.spent,
+                reserved=error.reserved,
+                limit=error.limit,
+                requested=error.requested,
+                scope=error.scope,
+                period_key=error.period_key,
+                waited=waited,
+            )
+        self.next_try = now + self.recheck_every
+
+    def pause(self) -> float | None:
+        """Seconds to sleep before looking for a change again; None when it is time to retry."""
+        now = time.monotonic()
+        until = self.next_try if self.deadline is None else min(self.next_try, self.deadline)
+        return None if now >= until else min(_POLL, until - now)
+
+
+class _Leases:
+    """The reservations of this process's calls in flight, renewed by one daemon thread: a
+    ledger's every third of its ``reservation_ttl``, so a live call keeps its lease however long
+    it runs, and a dead process's lapse within one TTL."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:  # also in a forked child: the parent's calls and thread are not its own
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._held: dict[_LedgerBase, dict[str, Reservation]] = {}
+        self._due: dict[_LedgerBase, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def hold(self, ledger: _LedgerBase, reservation: Reservation) -> None:
+        with self._lock:
+            held = self._held.setdefault(ledger, {})
+            first = not held
+            if first:
+                self._due[ledger] = time.monotonic() + ledger.reservation_ttl / 3
+            held[reservation.id] = reservation
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mlflow-lite-budget-leases", daemon=True)
+                self._thread.start()
+        if first:
+            self._wake.set()  # this ledger may be due before the thread would wake
+
+    def drop(self, ledger: _LedgerBase, reservation: Reservation) -> None:
+        with self._lock:
+            held = self._held.get(ledger)
+            if held is not None and held.pop(reservation.id, None) is not None and not held:
+                del self._held[ledger], self._due[ledger]
+
+    def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            with self._lock:
+                now = time.monotonic()
+                due = [(ledger, list(held.values())) for ledger, held in self._held.items() if self._due[ledger] <= now]
+                for ledger, _ in due:
+                    self._due[ledger] = now + ledger.reservation_ttl / 3
+                next_due = min(self._due.values(), default=None)
+            for ledger, reservations in due:
+                try:
+                    ledger._renew(reservations)
+                except Exception as exc:  # the lease runs on: retried a third of a TTL later
+                    _logger.warning("Budget: could not renew %d reservation(s) in %r: %s", len(reservations), ledger, exc)
+            self._wake.wait(None if next_due is None else max(0.0, next_due - time.monotonic()))
+
+
+_leases = _Leases()
+
+
+def _after_fork() -> None:
+    _leases._reset()
+    for signal in _signals.values():
+        signal._reset()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 class _LedgerBase:
     reservation_ttl: float
+    _signal: _Signal
 
-    def reserve(self, scope_key: str, period_key: str, amount: float, limit: float) -> Reservation:
+    def reserve(
+        self, scope_key: str, period_key: str, amount: float, limit: float, *, max_wait: float | None = 0.0
+    ) -> Reservation:
         """Hold ``amount`` USD in one bucket if spent + reserved + amount <= ``limit``; else raise
         :class:`BudgetExceededError`. Returns the :class:`Reservation` (``.id``) to settle."""
-        return self.reserve_many([(scope_key, period_key, limit)], amount)  # type: ignore[attr-defined]
+        return self.reserve_many([(scope_key, period_key, limit)], amount, max_wait=max_wait)
+
+    def reserve_many(
+        self,
+        buckets: Sequence[tuple[str, str, float]],
+        amount: float,
+        *,
+        max_wait: float | None = 0.0,
+        lease: bool = False,
+    ) -> Reservation:
+        """Reserve ``amount`` in every (scope, period, limit) bucket, or in none (raises
+        :class:`BudgetExceededError`). When only reservations stand in the way (spent + amount
+        fits every limit), wait up to ``max_wait`` seconds (None: no bound) for them to settle,
+        retrying atomically. ``lease=True``: this process renews the reservation until it is
+        settled (a call in flight); otherwise it lapses after ``reservation_ttl`` seconds."""
+        amount, waiter = self._check_amount(amount), _Waiter(max_wait, self.reservation_ttl)
+        while True:
+            seen = self._signal.generation
+            outcome = self._try_reserve(buckets, amount)
+            if isinstance(outcome, Reservation):
+                return self._hold(outcome, waiter, lease)
+            waiter.refused(outcome.error, amount)
+            while (pause := waiter.pause()) is not None:
+                if self._signal.wait(seen, pause) or self._version() != outcome.version:
+                    break
+
+    async def areserve_many(
+        self,
+        buckets: Sequence[tuple[str, str, float]],
+        amount: float,
+        *,
+        max_wait: float | None = 0.0,
+        lease: bool = False,
+    ) -> Reservation:
+        """:meth:`reserve_many` for asyncio: waiting does not block the event loop."""
+        amount, waiter = self._check_amount(amount), _Waiter(max_wait, self.reservation_ttl)
+        while True:
+            seen = self._signal.generation
+            outcome = self._try_reserve(buckets, amount)
+            if isinstance(outcome, Reservation):
+                return self._hold(outcome, waiter, lease)
+            waiter.refused(outcome.error, amount)
+            while (pause := waiter.pause()) is not None:
+                if await self._signal.await_change(seen, pause) or self._version() != outcome.version:
+                    break
+
+    def _hold(self, reservation: Reservation, waiter: _Waiter, lease: bool) -> Reservation:
+        if lease:
+            _leases.hold(self, reservation)
+        return replace(reservation, waited=waiter.waited) if waiter.refusals else reservation
+
+    def settle(self, reservation: Reservation, actual: float) -> list[float]:
+        """Replace the reservation by ``actual`` USD spent; returns each bucket's new spend."""
+        _leases.drop(self, reservation)  # first: a settle that fails must not renew it forever
+        totals = self._apply_settle(reservation, self._check_amount(actual))
+        self._signal.notify()
+        return totals
 
     def release(self, reservation: Reservation) -> list[float]:
         """Drop a reservation without spending (the call failed before anything was paid)."""
-        return self.settle(reservation, 0.0)  # type: ignore[attr-defined]
+        return self.settle(reservation, 0.0)
+
+    # -- what each backend implements --
+
+    def _try_reserve(self, buckets: Sequence[tuple[str, str, float]], amount: float) -> Reservation | _Miss:
+        """One atomic check-and-reserve; on a miss, the refusal names a bucket whose spend alone
+        leaves no room if there is one (waiting cannot help there)."""
+        raise NotImplementedError
+
+    def _apply_settle(self, reservation: Reservation, actual: float) -> list[float]:
+        raise NotImplementedError
+
+    def _version(self) -> Any:
+        """A value that changes when another process changes the ledger (cheap: polled)."""
+        raise NotImplementedError
+
+    def _renew(self, reservations: Sequence[Reservation]) -> None:
+        """Restart the leases of these reservations (those already settled or lapsed stay gone)."""
+        raise NotImplementedError
 
     @staticmethod
     def _check_amount(amount: float) -> float:
@@ -284,13 +571,18 @@ class SQLiteLedger(_LedgerBase):
     Check-and-reserve is one ``BEGIN IMMEDIATE`` transaction (the database write lock is taken
     before reading), so no two processes can both see room for the last dollar. WAL mode, a busy
     timeout, and one connection per process guarded by a lock (threads of a process queue on the
-    lock instead of polling the file lock).
+    lock instead of polling the file lock). A call waiting for room is woken by settles in its
+    process at once, and sees other processes' through ``PRAGMA data_version`` (polled).
+    ``budget_reservations.created_at`` is when the lease was last renewed (the column keeps its
+    first name so ledger files written before leases still open).
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, reservation_ttl: float = DEFAULT_RESERVATION_TTL):
+        check_number("reservation_ttl", reservation_ttl, unit="seconds")
         self.path = Path(path) if path is not None else default_ledger_path()
         self.reservation_ttl = float(reservation_ttl)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._signal = _signal_for("sqlite", os.path.realpath(self.path))
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self._pid = -1
@@ -347,26 +639,34 @@ class SQLiteLedger(_LedgerBase):
     def _expire(self, db: sqlite3.Connection, now: float) -> None:
         db.execute("DELETE FROM budget_reservations WHERE created_at < ?", (now - self.reservation_ttl,))
 
-    def reserve_many(self, buckets: Sequence[tuple[str, str, float]], amount: float) -> Reservation:
-        """Reserve ``amount`` in every (scope, period, limit) bucket, or in none (raises)."""
-        amount = self._check_amount(amount)
+    def _try_reserve(self, buckets: Sequence[tuple[str, str, float]], amount: float) -> Reservation | _Miss:
         reservation = Reservation(uuid.uuid4().hex, tuple((s, p) for s, p, _ in buckets), amount)
         now = time.time()
         with self._transaction() as db:
             self._expire(db, now)
-            for bucket in buckets:
-                spent, reserved = self._bucket(db, bucket[0], bucket[1])
-                if not _fits(spent, reserved, amount, bucket[2]):
-                    raise _refused(bucket, spent, reserved, amount)  # rolls back
+            checks = [(bucket, *self._bucket(db, bucket[0], bucket[1])) for bucket in buckets]
+            misses = [check for check in checks if not _fits(check[1], check[2], amount, check[0][2])]
+            if misses:
+                hard = [check for check in misses if not _fits(check[1], 0.0, amount, check[0][2])]
+                bucket, spent, reserved = (hard or misses)[0]
+                version = db.execute("PRAGMA data_version").fetchone()[0]
+                return _Miss(_refused(bucket, spent, reserved, amount), version)
             db.executemany(
                 "INSERT INTO budget_reservations (id, scope, period, amount, created_at) VALUES (?, ?, ?, ?, ?)",
                 [(reservation.id, s, p, amount, now) for s, p in reservation.buckets],
             )
         return reservation
 
-    def settle(self, reservation: Reservation, actual: float) -> list[float]:
-        """Replace the reservation by ``actual`` USD spent; returns each bucket's new spend."""
-        actual = self._check_amount(actual)
+    def _version(self) -> int:
+        with self._lock:
+            return int(self._connect().execute("PRAGMA data_version").fetchone()[0])
+
+    def _renew(self, reservations: Sequence[Reservation]) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany("UPDATE budget_reservations SET created_at = ? WHERE id = ?", [(now, r.id) for r in reservations])
+
+    def _apply_settle(self, reservation: Reservation, actual: float) -> list[float]:
         now = time.time()
         totals = []
         with self._transaction() as db:
@@ -420,12 +720,14 @@ class SQLiteLedger(_LedgerBase):
 
 # Redis: every key of the ledger shares the {hash tag}, so the scripts also run on Redis Cluster.
 # Per bucket: "spent" (a float string), "res" (hash: reservation id -> amount) and "rests"
-# (sorted set: reservation id scored by its creation time, in Redis server time).
+# (sorted set: reservation id scored by when its lease was last renewed, in Redis server time);
+# per ledger: "changes", a counter every settle bumps, which waiting calls poll.
 _RESERVE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local id, amount, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local n, keyttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local hard, soft = nil, nil  -- the first bucket whose spend alone leaves no room, else the first full one
 for i = 1, n do
   local sk, hk, zk = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local stale = redis.call('ZRANGEBYSCORE', zk, '-inf', '(' .. tostring(now - ttl))
@@ -438,8 +740,14 @@ for i = 1, n do
   for _, v in ipairs(redis.call('HVALS', hk)) do reserved = reserved + tonumber(v) end
   local limit = tonumber(ARGV[5 + i])
   if amount > 0 and spent + reserved + amount > limit + 1e-9 then
-    return {0, i, tostring(spent), tostring(reserved)}
+    local miss = {0, i, tostring(spent), tostring(reserved)}
+    if spent + amount > limit + 1e-9 then hard = hard or miss else soft = soft or miss end
   end
+end
+local refusal = hard or soft
+if refusal then
+  refusal[5] = redis.call('GET', KEYS[3 * n + 1]) or '0'
+  return refusal
 end
 for i = 1, n do
   redis.call('HSET', KEYS[3 * i - 1], id, ARGV[2])
@@ -453,7 +761,7 @@ return {1}
 _SETTLE_LUA = """
 local id, actual, keyttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local totals = {}
-for i = 1, #KEYS / 3 do
+for i = 1, (#KEYS - 1) / 3 do
   local sk, hk, zk = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   redis.call('HDEL', hk, id)
   redis.call('ZREM', zk, id)
@@ -463,7 +771,18 @@ for i = 1, #KEYS / 3 do
   end
   totals[i] = redis.call('GET', sk) or '0'
 end
+redis.call('INCR', KEYS[#KEYS])
+redis.call('EXPIRE', KEYS[#KEYS], keyttl)
 return totals
+"""
+
+_RENEW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for _, zk in ipairs(KEYS) do
+  for _, id in ipairs(ARGV) do redis.call('ZADD', zk, 'XX', now, id) end
+end
+return 0
 """
 
 _BUCKET_LUA = """
@@ -479,7 +798,9 @@ return {redis.call('GET', KEYS[1]) or '0', tostring(reserved)}
 class RedisLedger(_LedgerBase):
     """A ledger in Redis, shared by every host that points at it. Check-and-reserve and settle
     are Lua scripts (EVALSHA, EVAL on a cache miss): Redis runs each atomically. Timestamps are
-    Redis server time, so hosts with skewed clocks agree on which reservations are stale."""
+    Redis server time, so hosts with skewed clocks agree on which reservations are stale. A call
+    waiting for room is woken by settles in its process at once, and polls the ``changes``
+    counter for other processes' and hosts'."""
 
     KEY_TTL = 100 * 24 * 3600  # seconds: longer than any period, refreshed on every write
 
@@ -492,6 +813,7 @@ class RedisLedger(_LedgerBase):
             raise ArgumentError(
                 "backend", "backend='redis' needs the redis package: pip install 'mlflow-lite-plugin[redis]'"
             ) from exc
+        check_number("reservation_ttl", reservation_ttl, unit="seconds")
         self.url = url
         self.prefix = prefix
         self.reservation_ttl = float(reservation_ttl)
@@ -500,6 +822,9 @@ class RedisLedger(_LedgerBase):
         self._reserve = self._redis.register_script(_RESERVE_LUA)
         self._settle = self._redis.register_script(_SETTLE_LUA)
         self._bucket = self._redis.register_script(_BUCKET_LUA)
+        self._renew_script = self._redis.register_script(_RENEW_LUA)
+        self._changes = f"{prefix}changes"
+        self._signal = _signal_for("redis", url, prefix)
 
     def __repr__(self) -> str:
         return f"RedisLedger({self.url!r})"
@@ -508,20 +833,25 @@ class RedisLedger(_LedgerBase):
         base = f"{self.prefix}{scope}|{period}"
         return [f"{base}:spent", f"{base}:res", f"{base}:rests"]
 
-    def reserve_many(self, buckets: Sequence[tuple[str, str, float]], amount: float) -> Reservation:
-        amount = self._check_amount(amount)
+    def _try_reserve(self, buckets: Sequence[tuple[str, str, float]], amount: float) -> Reservation | _Miss:
         reservation = Reservation(uuid.uuid4().hex, tuple((s, p) for s, p, _ in buckets), amount)
-        keys = [key for s, p, _ in buckets for key in self._keys(s, p)]
+        keys = [key for s, p, _ in buckets for key in self._keys(s, p)] + [self._changes]
         args = [reservation.id, repr(amount), repr(self.reservation_ttl), len(buckets), self.KEY_TTL]
         result = self._reserve(keys=keys, args=args + [repr(float(limit)) for _, _, limit in buckets])
         if int(result[0]) != 1:
             bucket = buckets[int(result[1]) - 1]
-            raise _refused(bucket, float(result[2]), float(result[3]), amount)
+            return _Miss(_refused(bucket, float(result[2]), float(result[3]), amount), int(result[4]))
         return reservation
 
-    def settle(self, reservation: Reservation, actual: float) -> list[float]:
-        actual = self._check_amount(actual)
-        keys = [key for s, p in reservation.buckets for key in self._keys(s, p)]
+    def _version(self) -> int:
+        return int(self._redis.get(self._changes) or 0)
+
+    def _renew(self, reservations: Sequence[Reservation]) -> None:
+        keys = sorted({self._keys(s, p)[2] for r in reservations for s, p in r.buckets})
+        self._renew_script(keys=keys, args=[r.id for r in reservations])
+
+    def _apply_settle(self, reservation: Reservation, actual: float) -> list[float]:
+        keys = [key for s, p in reservation.buckets for key in self._keys(s, p)] + [self._changes]
         totals = self._settle(keys=keys, args=[reservation.id, repr(actual), self.KEY_TTL])
         return [float(total) for total in totals]
 
@@ -681,25 +1011,52 @@ class BudgetStage(Stage):
     # -- hooks --
 
     def before(self, call: Call) -> Response | None:
+        scope, amount, periods = self._request(call)
+        buckets = [(scope, p.key, limit) for p, limit in periods]
+        try:
+            reservation = self.ledger.reserve_many(buckets, amount, max_wait=self.budget.max_wait, lease=True)
+        except BudgetExceededError as refused:
+            raise self._refuse(call, refused, periods) from None
+        except Exception as exc:
+            raise self._unreachable(call, exc) from exc
+        self._hold(call, reservation, scope, periods)
+        return None
+
+    async def abefore(self, call: Call) -> Response | None:
+        scope, amount, periods = self._request(call)
+        buckets = [(scope, p.key, limit) for p, limit in periods]
+        try:
+            reservation = await self.ledger.areserve_many(buckets, amount, max_wait=self.budget.max_wait, lease=True)
+        except BudgetExceededError as refused:
+            raise self._refuse(call, refused, periods) from None
+        except Exception as exc:
+            raise self._unreachable(call, exc) from exc
+        self._hold(call, reservation, scope, periods)
+        return None
+
+    def _request(self, call: Call) -> tuple[str, float, list[tuple[Period, float]]]:
+        """The call's scope, worst-case cost and (period, limit) buckets, longest period first:
+        when several limits are reached, the refusal names the one that resets last (waiting for
+        the daily reset does not help if the month is spent)."""
         scope = self.scope_key(call)
         amount, unpriced = self.worst_case(call)
         if unpriced:
             self._unpriced(call, scope, unpriced)
-        # Longest period first: when several limits are reached, the refusal names the one that
-        # resets last (waiting for the daily reset does not help if the month is spent).
-        periods = sorted(self.periods(), key=lambda item: item[0].end, reverse=True)
-        try:
-            reservation = self.ledger.reserve_many([(scope, p.key, limit) for p, limit in periods], amount)
-        except BudgetExceededError as refused:
-            raise self._refuse(call, refused, periods) from None
-        except Exception as exc:
-            call.span.add_event("budget_unavailable", {"error": repr(exc)})
-            raise BudgetLedgerError(f"The budget ledger could not be reached, so the call was refused: {exc}") from exc
+        return scope, amount, sorted(self.periods(), key=lambda item: item[0].end, reverse=True)
+
+    def _hold(self, call: Call, reservation: Reservation, scope: str, periods: list[tuple[Period, float]]) -> None:
         call.state[self.name] = _Held(reservation, scope, periods)
         call.span.set_attributes(
-            {"mlflow_lite.budget.scope": scope, "mlflow_lite.budget.reserved_usd": amount}
+            {"mlflow_lite.budget.scope": scope, "mlflow_lite.budget.reserved_usd": reservation.amount}
         )
-        return None
+        if reservation.waited:
+            call.span.add_event("budget_wait", {"seconds": round(reservation.waited, 4)})
+            call.span.set_attributes({"mlflow_lite.budget.wait_s": round(reservation.waited, 4)})
+
+    @staticmethod
+    def _unreachable(call: Call, exc: Exception) -> BudgetLedgerError:
+        call.span.add_event("budget_unavailable", {"error": repr(exc)})
+        return BudgetLedgerError(f"The budget ledger could not be reached, so the call was refused: {exc}")
 
     def after(self, call: Call, response: Response) -> None:
         self._settle(call, call.spent)
@@ -749,6 +1106,7 @@ class BudgetStage(Stage):
             period=period.name,
             period_key=period.key,
             resets_at=period.end,
+            waited=refused.waited,
         )
         call.span.add_event(
             "budget_exceeded",
@@ -760,6 +1118,7 @@ class BudgetStage(Stage):
                 "limit_usd": error.limit,
                 "requested_usd": error.requested,
                 "resets_at": period.end.isoformat(),
+                "waited_s": round(error.waited, 4),
                 "message": str(error),
             },
         )
@@ -864,13 +1223,14 @@ def set_budget(
     on_unknown_price: str = "refuse",
     enabled: bool = True,
     clock: Callable[[], datetime] | None = None,
+    max_wait: float | None = DEFAULT_MAX_WAIT,
 ) -> BudgetStage | None:
     """Install (or replace, keeping its alerts; or remove with ``enabled=False``) the budget stage."""
     existing = pipeline.get(BudgetStage.name)
     if not enabled:
         pipeline.remove(BudgetStage.name)
         return None
-    budget = Budget(daily_limit, monthly_limit, timezone, scope, on_unknown_price)
+    budget = Budget(daily_limit, monthly_limit, timezone, scope, on_unknown_price, max_wait)
     alerts = existing.alerts if isinstance(existing, BudgetStage) else ()
     stage = BudgetStage(budget, make_ledger(backend, path=path, url=url), alerts=alerts, clock=clock)
     pipeline.add(stage)

@@ -406,11 +406,16 @@ class Client:
         url: str | None = None,
         on_unknown_price: str = "refuse",
         enabled: bool = True,
+        max_wait: float | None = budget_module.DEFAULT_MAX_WAIT,
     ) -> None:
         """Cap spend per day and/or month (USD). The ledger is a SQLite file shared by this host's
         processes (``path``, default ``~/.mlflow-lite/budget.db``) or Redis (``url``) for several
         hosts. A call that could exceed the limit raises ``BudgetExceededError`` before the
-        provider is called. ``scope``: "global", "model" or "tag:<name>"."""
+        provider is called. ``scope``: "global", "model" or "tag:<name>".
+
+        A call that fits once the calls in flight settle waits for them up to ``max_wait``
+        seconds (30 by default; 0 refuses at once, None waits as long as they take); a call the
+        spent amount alone leaves no room for is refused at once."""
         budget_module.set_budget(
             self.pipeline,
             daily_limit,
@@ -422,6 +427,7 @@ class Client:
             url=url,
             on_unknown_price=on_unknown_price,
             enabled=enabled,
+            max_wait=max_wait,
         )
 
     def set_alert(
