@@ -14,7 +14,12 @@ The workflow:
   ``mlflow_lite_status=pending`` with who proposed it and when.
 - ``approve_prompt(name, version)`` moves the ``production`` alias to it, so
   ``query_with_template(template="name@production")`` uses it, and tags it ``approved`` with who
-  approved it, when, and the version the alias pointed to before (the one to roll back to).
+  approved it, when, and the version the alias pointed to before (the one to roll back to). The
+  proposer may not approve their own proposal (separation of duties; ``allow_self_approval=True``
+  opts out), and the record is signed (below).
+- ``verify_approval(name, version)`` (or ``alias="production"``) checks that signature: it refuses
+  a record written any other way. ``promote_prompt(name, version, alias)`` moves an alias to a
+  version only if its approval verifies (a canary promoted to production, or a rollback).
 - ``reject_prompt(name, version, reason)`` tags it ``rejected`` with who, when and why.
 - ``pending_prompts(name=None)`` lists the proposals waiting for a review.
 
@@ -34,7 +39,9 @@ log the traces of those calls                 EDIT on the         the server
 search and read those traces                  READ on the         the server
                                               experiment
 ``propose_prompt`` (a new version)            EDIT                the server
-``approve_prompt``, ``reject_prompt``         MANAGE, or admin    this module, before any write
+``approve_prompt``, ``reject_prompt``,        MANAGE, or admin    this module, before any write
+``promote_prompt``
+``verify_approval``                           READ                the server
 move an alias with MLflow's own               EDIT                the server
 ``mlflow.genai.set_prompt_alias``
 delete a version or an alias                  MANAGE              the server
@@ -43,8 +50,9 @@ delete a version or an alias                  MANAGE              the server
 So the roles are: a READ user runs prompts and reads traces and cannot change anything (the
 server answers 403); an EDIT user also proposes; a MANAGE user (or an admin) also approves and
 rejects. Any authenticated user may create a new prompt (with workspaces on, a member of the
-workspace), and MLflow gives its creator MANAGE on it: whoever proposes a new prompt can approve
-its first version.
+workspace), and MLflow gives its creator MANAGE on it: whoever proposes a new prompt could approve
+its first version, but separation of duties needs another reviewer unless the proposer passes
+``allow_self_approval=True``.
 
 Two limits of MLflow 3.17 shape this:
 
@@ -64,10 +72,27 @@ Two limits of MLflow 3.17 shape this:
 Whenever the server itself refuses a call (403, or 401 for bad credentials), the error is a
 :class:`PermissionDeniedError` naming the user, the prompt and the permission needed.
 
+**Signed approvals.** Since EDIT users can write version tags, tags alone prove nothing: anyone
+with EDIT can write ``mlflow_lite_status=approved`` and an approver's name. So ``approve_prompt``
+signs its record with HMAC-SHA256 under the key in ``MLFLOW_LITE_APPROVAL_KEY`` (at least 32
+bytes, e.g. ``python -c 'import secrets; print(secrets.token_hex(32))'``), over the prompt name,
+version, alias, approver, time, proposer, previous version, comment, whether the server checked
+the permission, and a SHA-256 of the approved content (the template and its
+``mlflow_lite_validate`` rules). The key lives only in the environment of the approvers and of
+the services that verify approvals (never in MLflow, never with editors); HMAC is symmetric, so
+whoever holds the key can sign. Without a key nothing is approved: ``approve_prompt``,
+``verify_approval`` and ``promote_prompt`` raise :class:`ApprovalKeyError` before any change, so
+no approval exists that could not be told from a forgery. ``verify_approval`` raises
+:class:`UnverifiedApprovalError` for a record that is missing, unsigned, altered or signed with
+another key, and for a version whose template or rules changed after approval. The proposer
+named in a pending version is its ``mlflow_lite_proposed_by`` tag, which an editor could rewrite
+before the review; the signed record then keeps the name the approver saw.
+
 With no auth server (a local sqlite or file store, or a server started without
-``--app-name basic-auth``) there are no permissions to check: anyone who can reach the store can
-approve, and the record names the local user (``MLFLOW_TRACKING_USERNAME``, else the OS user),
-unverified; ``ApprovalRecord.permission_checked`` is then False. An auth server too old to have
+``--app-name basic-auth``) there are no permissions to check: anyone who can reach the store and
+holds the approval key can approve, and the record names the local user
+(``MLFLOW_TRACKING_USERNAME``, else the OS user), unverified; ``ApprovalRecord.permission_checked``
+is then False (and signed as such). An auth server too old to have
 ``/api/2.0/mlflow/users/current`` is refused rather than treated as no auth. Registries that are
 not an MLflow server (``databricks-uc``) enforce their own permissions, which this module does
 not check.
@@ -85,14 +110,19 @@ from __future__ import annotations
 
 import functools
 import getpass
+import hashlib
+import hmac
+import json
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from .errors import ArgumentError, MlflowLiteError
-from .templates import Template, _candidate, _check_alias, register_template
+from .templates import VALIDATE_TAG, Template, _candidate, _check_alias, register_template
+from .uris import is_http_uri
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import PromptVersion
@@ -111,10 +141,20 @@ PREVIOUS_VERSION_TAG = "mlflow_lite_previous_version"
 REJECTED_BY_TAG = "mlflow_lite_rejected_by"
 REJECTED_AT_TAG = "mlflow_lite_rejected_at"
 REJECTION_REASON_TAG = "mlflow_lite_rejection_reason"
+APPROVAL_CHECKED_TAG = "mlflow_lite_approval_checked"  # "true" when an auth server vouched for the approver
+APPROVED_CONTENT_TAG = "mlflow_lite_approved_content"  # SHA-256 of the template and rules approved
+APPROVAL_SIGNATURE_TAG = "mlflow_lite_approval_signature"
 _WORKFLOW_TAGS = frozenset({
     STATUS_TAG, PROPOSED_BY_TAG, PROPOSED_AT_TAG, APPROVED_BY_TAG, APPROVED_AT_TAG, APPROVED_ALIAS_TAG,
     APPROVAL_COMMENT_TAG, PREVIOUS_VERSION_TAG, REJECTED_BY_TAG, REJECTED_AT_TAG, REJECTION_REASON_TAG,
+    APPROVAL_CHECKED_TAG, APPROVED_CONTENT_TAG, APPROVAL_SIGNATURE_TAG,
 })
+
+APPROVAL_KEY_ENV = "MLFLOW_LITE_APPROVAL_KEY"
+_MIN_KEY_BYTES = 32  # HMAC-SHA256's own output size: a shorter key is weaker than the MAC
+# Names the algorithm and the layout of the signed fields, so either can change without old
+# records verifying under new rules.
+_SIGNATURE_SCHEME = "hmac-sha256-v1"
 
 PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
 
@@ -135,13 +175,52 @@ _MISSING = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT
 class PermissionDeniedError(MlflowLiteError):
     """The caller may not do this to the prompt: ``user``, ``prompt`` and the ``permission`` it
     needs name who, what and why (``prompt`` and ``permission`` are None when the server refused
-    the credentials themselves)."""
+    the credentials themselves; ``permission`` is None when a rule, not a grant, refused: see
+    :class:`SelfApprovalError`)."""
 
     def __init__(self, message: str, *, user: str, prompt: str | None = None, permission: str | None = None):
         super().__init__(message)
         self.user = user
         self.prompt = prompt
         self.permission = permission
+
+
+class SelfApprovalError(PermissionDeniedError):
+    """Separation of duties: the proposer of a version may not approve it (``rule`` names it);
+    ``approve_prompt(..., allow_self_approval=True)`` opts out."""
+
+    rule = "separation of duties"
+
+    def __init__(self, user: str, name: str, version: int, proposed_by: str | None):
+        why = (
+            f"user {user!r} proposed it" if proposed_by is not None
+            else "it records no proposer (mlflow_lite_proposed_by), so it cannot be told apart from one"
+        )
+        super().__init__(
+            f"User {user!r} may not approve prompt {name!r} version {version}: {why}, and separation of "
+            "duties needs a reviewer other than the proposer (approve_prompt(..., allow_self_approval=True) "
+            "opts out)",
+            user=user,
+            prompt=name,
+        )
+        self.version = version
+        self.proposed_by = proposed_by
+
+
+class ApprovalKeyError(MlflowLiteError):
+    """No usable approval key in ``MLFLOW_LITE_APPROVAL_KEY``: approvals are neither signed nor
+    verified without one."""
+
+
+class UnverifiedApprovalError(MlflowLiteError):
+    """The version has no approval record that verifies: ``reason`` says what is wrong (no
+    record, an unsigned or altered one, another key, or content changed since the approval)."""
+
+    def __init__(self, name: str, version: int, reason: str):
+        super().__init__(f"Prompt {name!r} version {version} has no verifiable approval: {reason}")
+        self.name = name
+        self.version = version
+        self.reason = reason
 
 
 class ProposalStateError(MlflowLiteError, ValueError):
@@ -191,6 +270,7 @@ class ApprovalRecord:
     previous_version: int | None
     comment: str | None
     permission_checked: bool
+    proposed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -239,44 +319,107 @@ def propose_prompt(
 
 
 def approve_prompt(
-    name: str, version: int | str, *, alias: str = "production", comment: str | None = None
+    name: str,
+    version: int | str,
+    *,
+    alias: str = "production",
+    comment: str | None = None,
+    allow_self_approval: bool = False,
 ) -> ApprovalRecord:
-    """Approve a pending proposal: point ``alias`` at it and record who approved it and when.
+    """Approve a pending proposal: point ``alias`` at it and record, signed, who approved it and when.
 
     Needs MANAGE on the prompt (or admin), checked with the auth server before anything moves;
-    raises PermissionDeniedError otherwise, and ProposalStateError unless the version is pending.
-    Order: the alias, then the record, status last, so a failure half-way leaves the version
-    pending and approving it again completes the approval."""
+    raises PermissionDeniedError otherwise, SelfApprovalError if the caller proposed it (unless
+    ``allow_self_approval``), ApprovalKeyError without ``MLFLOW_LITE_APPROVAL_KEY``, and
+    ProposalStateError unless the version is pending. Order: the alias, then the record, status
+    last, so a failure half-way leaves the version pending and approving it again completes the
+    approval."""
     import mlflow
 
     number = _version_number(version)
     _check_alias(alias)
     _check_note("comment", comment, required=False)
+    if not isinstance(allow_self_approval, bool):
+        raise ArgumentError("allow_self_approval", f"must be True or False, got {allow_self_approval!r}")
+    key = _approval_key()
     user = _require_manage(name, "approve")
     with _refusals_mapped(user.username, name, "MANAGE", "approve"):
-        _require_pending(name, number)
+        prompt = _require_pending(name, number)
+        proposed_by = prompt.tags.get(PROPOSED_BY_TAG)
+        if not allow_self_approval and proposed_by in (None, user.username):
+            raise SelfApprovalError(user.username, name, number, proposed_by)
         previous = _alias_target(name, alias)
         if previous == number:  # the alias was moved there without the workflow
             previous = None
         mlflow.genai.set_prompt_alias(name=name, alias=alias, version=number)
-        approved_at = _now()
-        record = {APPROVED_BY_TAG: user.username, APPROVED_AT_TAG: approved_at.isoformat(), APPROVED_ALIAS_TAG: alias}
-        if comment is not None:
-            record[APPROVAL_COMMENT_TAG] = comment
-        if previous is not None:
-            record[PREVIOUS_VERSION_TAG] = str(previous)
-        _set_tags(name, number, {**record, STATUS_TAG: APPROVED})
+        record = ApprovalRecord(
+            name=name,
+            version=number,
+            alias=alias,
+            approved_by=user.username,
+            approved_at=_now(),
+            previous_version=previous,
+            comment=comment,
+            permission_checked=user.authenticated,
+            proposed_by=proposed_by,
+        )
+        content = _content_digest(prompt)
+        tags = _record_tags(record, content, _sign(key, record, content))
+        # A half-finished earlier approval may have left a comment or previous version this record
+        # does not have: verifying reads them back, so they go.
+        for stale in (APPROVAL_COMMENT_TAG, PREVIOUS_VERSION_TAG):
+            if stale in prompt.tags and stale not in tags:
+                mlflow.genai.delete_prompt_version_tag(name=name, version=number, key=stale)
+        _set_tags(name, number, {**tags, STATUS_TAG: APPROVED})
     logger.info("%s approved prompt %r version %s as @%s (was %s)", user.username, name, number, alias, previous)
-    return ApprovalRecord(
-        name=name,
-        version=number,
-        alias=alias,
-        approved_by=user.username,
-        approved_at=approved_at,
-        previous_version=previous,
-        comment=comment,
-        permission_checked=user.authenticated,
-    )
+    return record
+
+
+def verify_approval(name: str, version: int | str | None = None, *, alias: str | None = None) -> ApprovalRecord:
+    """The approval record of prompt ``name`` at ``version`` (or at the version ``alias`` points to,
+    e.g. ``alias="production"``), after checking its signature with ``MLFLOW_LITE_APPROVAL_KEY``
+    and that the template and rules are the ones approved. Raises UnverifiedApprovalError if it does
+    not verify (no record, unsigned, altered, another key, changed content), ApprovalKeyError
+    without a key. Needs READ."""
+    from mlflow import MlflowClient
+
+    if (version is None) == (alias is None):
+        raise ArgumentError("version", "give either a version or alias=, not both nor neither")
+    number = None if version is None else _version_number(version)
+    if alias is not None:
+        _check_alias(alias)
+    key = _approval_key()
+    client = MlflowClient()
+    with _refusals_mapped(_local_user(), name, "READ", "verify an approval of"):
+        if number is None:
+            with _missing("alias", f"prompt {name!r} has no alias {alias!r}"):
+                prompt = client.get_prompt_version_by_alias(name, alias)
+        else:
+            with _missing("version", f"prompt {name!r} has no version {number}"):
+                prompt = client.get_prompt_version(name, number)
+    return _verified(prompt, key)
+
+
+def promote_prompt(name: str, version: int | str, *, alias: str = "production") -> ApprovalRecord:
+    """Point ``alias`` at an approved version of prompt ``name`` (a version approved as a canary,
+    or the previous production version to roll back to): the promotion path for approved prompts.
+    Needs MANAGE (or admin), like ``approve_prompt``; the version's approval must verify
+    (``verify_approval``), else UnverifiedApprovalError and nothing moves. Returns that approval."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    number = _version_number(version)
+    _check_alias(alias)
+    key = _approval_key()
+    user = _require_manage(name, "promote")
+    with _refusals_mapped(user.username, name, "MANAGE", "promote"):
+        with _missing("version", f"prompt {name!r} has no version {number}"):
+            prompt = MlflowClient().get_prompt_version(name, number)
+        record = _verified(prompt, key)
+        mlflow.genai.set_prompt_alias(name=name, alias=alias, version=number)
+    logger.info("%s promoted prompt %r version %s (approved by %s) to @%s",
+                user.username, name, number, record.approved_by, alias)
+    return record
 
 
 def reject_prompt(name: str, version: int | str, reason: str) -> RejectionRecord:
@@ -366,7 +509,7 @@ def _check_note(argument: str, text: Any, *, required: bool) -> None:
         raise ArgumentError(argument, f"must be a non-empty string, got {text!r}")
 
 
-def _require_pending(name: str, version: int) -> None:
+def _require_pending(name: str, version: int) -> PromptVersion:
     from mlflow import MlflowClient
 
     with _missing("version", f"prompt {name!r} has no version {version}"):
@@ -374,6 +517,7 @@ def _require_pending(name: str, version: int) -> None:
     status = prompt.tags.get(STATUS_TAG)
     if status != PENDING:
         raise ProposalStateError(name, version, status)
+    return prompt
 
 
 def _alias_target(name: str, alias: str) -> int | None:
@@ -414,6 +558,111 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
+# -- signed approval records --
+
+
+def _approval_key() -> bytes:
+    """The HMAC key from the environment; ApprovalKeyError, saying how to set it, if it is missing
+    or short (approving unsigned would leave records no one can tell from forgeries)."""
+    key = os.environ.get(APPROVAL_KEY_ENV, "").strip().encode()
+    if len(key) < _MIN_KEY_BYTES:
+        problem = "is not set" if not key else f"holds {len(key)} bytes, fewer than {_MIN_KEY_BYTES}"
+        raise ApprovalKeyError(
+            f"{APPROVAL_KEY_ENV} {problem}: approvals are signed with it and verified against it. Set it to "
+            f"a random secret of at least {_MIN_KEY_BYTES} bytes (python -c 'import secrets; "
+            "print(secrets.token_hex(32))') in the environment of the approvers and of the services that "
+            "verify approvals only, never in MLflow nor for editors"
+        )
+    return key
+
+
+def _content_digest(prompt: PromptVersion) -> str:
+    """SHA-256 of what an approval approves: the template and its validation rules (a tag, which
+    an editor could change after the approval), and MLflow's response format and model config."""
+    content = {
+        "template": prompt.template,
+        "validate": prompt.tags.get(VALIDATE_TAG),
+        "response_format": prompt.response_format,
+        "model_config": prompt.model_config,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _sign(key: bytes, record: ApprovalRecord, content: str) -> str:
+    fields = {
+        "scheme": _SIGNATURE_SCHEME,
+        "name": record.name,
+        "version": record.version,
+        "alias": record.alias,
+        "approved_by": record.approved_by,
+        "approved_at": record.approved_at.isoformat(),
+        "proposed_by": record.proposed_by,
+        "previous_version": record.previous_version,
+        "comment": record.comment,
+        "permission_checked": record.permission_checked,
+        "content": content,
+    }
+    # Canonical JSON: each field is delimited, so no two records sign the same bytes.
+    message = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return f"{_SIGNATURE_SCHEME}:{hmac.new(key, message, hashlib.sha256).hexdigest()}"
+
+
+def _record_tags(record: ApprovalRecord, content: str, signature: str) -> dict[str, str]:
+    tags = {
+        APPROVED_BY_TAG: record.approved_by,
+        APPROVED_AT_TAG: record.approved_at.isoformat(),
+        APPROVED_ALIAS_TAG: record.alias,
+        APPROVAL_CHECKED_TAG: "true" if record.permission_checked else "false",
+        APPROVED_CONTENT_TAG: content,
+    }
+    if record.comment is not None:
+        tags[APPROVAL_COMMENT_TAG] = record.comment
+    if record.previous_version is not None:
+        tags[PREVIOUS_VERSION_TAG] = str(record.previous_version)
+    return {**tags, APPROVAL_SIGNATURE_TAG: signature}
+
+
+def _verified(prompt: PromptVersion, key: bytes) -> ApprovalRecord:
+    """The approval record in ``prompt``'s tags, if its signature and content check out."""
+    name, number, tags = prompt.name, int(prompt.version), prompt.tags
+
+    def refuse(reason: str) -> UnverifiedApprovalError:
+        return UnverifiedApprovalError(name, number, reason)
+
+    status = tags.get(STATUS_TAG)
+    if status != APPROVED:
+        raise refuse(f"its status is {status or 'not set'}, not {APPROVED}")
+    required = (APPROVED_BY_TAG, APPROVED_AT_TAG, APPROVED_ALIAS_TAG, APPROVAL_CHECKED_TAG, APPROVED_CONTENT_TAG,
+                APPROVAL_SIGNATURE_TAG)
+    absent = [tag for tag in required if tag not in tags]
+    if absent:
+        raise refuse(f"the record has no {', '.join(absent)}: approve_prompt did not write it")
+    try:
+        previous = tags.get(PREVIOUS_VERSION_TAG)
+        record = ApprovalRecord(
+            name=name,
+            version=number,
+            alias=tags[APPROVED_ALIAS_TAG],
+            approved_by=tags[APPROVED_BY_TAG],
+            approved_at=datetime.fromisoformat(tags[APPROVED_AT_TAG]),
+            previous_version=None if previous is None else int(previous),
+            comment=tags.get(APPROVAL_COMMENT_TAG),
+            permission_checked=tags[APPROVAL_CHECKED_TAG] == "true",
+            proposed_by=tags.get(PROPOSED_BY_TAG),
+        )
+    except ValueError as exc:
+        raise refuse(f"the record is malformed ({exc})") from exc
+    expected = _sign(key, record, tags[APPROVED_CONTENT_TAG])
+    if not hmac.compare_digest(expected.encode(), tags[APPROVAL_SIGNATURE_TAG].encode()):
+        raise refuse(
+            f"its signature does not match: the record was forged or altered, or signed with a key other than "
+            f"this {APPROVAL_KEY_ENV}"
+        )
+    if not hmac.compare_digest(tags[APPROVED_CONTENT_TAG].encode(), _content_digest(prompt).encode()):
+        raise refuse(f"its template or validation rules ({VALIDATE_TAG}) changed after it was approved")
+    return record
+
+
 # -- identity and permissions --
 
 
@@ -421,7 +670,7 @@ def current_user() -> Identity:
     """Who registry calls are made as: the user an MLflow auth server authenticated (with its
     admin flag), or, with no auth server, the local user, unverified."""
     uri = _registry_uri()
-    if not uri.startswith(("http://", "https://")):
+    if not is_http_uri(uri, "registry_uri"):
         return Identity(_local_user())
     response = _get(uri, _CURRENT_USER)
     if response.status_code in (401, 403):

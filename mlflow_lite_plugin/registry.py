@@ -10,6 +10,10 @@ figures where lower is better: cost, latency, tokens, errors), an operator strin
 ``"<= 2.5"``, or a ``(operator, value)`` pair. A gate with no figure fails: promotion is refused
 on missing evidence too. The alias moves only when every gate passes; the checked figures are
 recorded on the version as the tag ``mlflow_lite.promotion.<alias>``.
+
+Prompts are not promoted here: their gate is a signed approval, so their aliases move through
+``ml.approve_prompt`` and ``ml.promote_prompt`` (``collaboration.py``), and ``promote`` on a prompt
+name says so.
 """
 
 from __future__ import annotations
@@ -56,9 +60,21 @@ def promote(
     evaluator; ``targets=``, ``model_type=`` pass through). Returns the checked figures."""
     import mlflow
 
+    from mlflow.exceptions import MlflowException
+
     gates = {metric: _gate(metric, rule) for metric, rule in (require or {}).items()}
     client = mlflow.MlflowClient()
-    model_version = client.get_model_version(name, str(version))
+    try:
+        model_version = client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        # MLflow keeps prompts out of the model API ("not found"): point at the approval workflow.
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" and client.get_prompt(name) is not None:
+            raise ArgumentError(
+                "name",
+                f"{name!r} is a prompt: ml.promote moves model aliases; a prompt's move with ml.approve_prompt "
+                "or ml.promote_prompt, which need its signed approval",
+            ) from exc
+        raise
     if data is not None:
         figures = _evaluate(name, model_version.version, data, evaluate_kwargs)
     else:

@@ -41,6 +41,7 @@ ADMIN_PASSWORD = "admin-password-for-tests"
 ROLES = {"reader": "READ", "editor": "EDIT", "owner": "MANAGE", "outsider": None}
 TEXT_V1 = "Answer the customer: {{question}}"
 TEXT_V2 = "Answer briefly and kindly: {{question}}"
+APPROVAL_KEY = "approval-key-for-tests-0123456789abcdef"  # 32+ bytes, as approve_prompt requires
 
 
 def password(user: str) -> str:
@@ -75,6 +76,12 @@ def auth_server(tmp_path_factory) -> str:
     )
     with running_mlflow_server(workdir, _server_env(config), "--app-name", "basic-auth") as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def _approval_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Approvals are signed: every test here has the key its approvers and verifiers share."""
+    monkeypatch.setenv("MLFLOW_LITE_APPROVAL_KEY", APPROVAL_KEY)
 
 
 @pytest.fixture(autouse=True)
@@ -271,7 +278,7 @@ def test_owner_approves_and_production_moves(team, prompt, act_as, openai_kw):
     record = approve_prompt(prompt, 2, comment="reviewed with support")
     assert record == ApprovalRecord(
         name=prompt, version=2, alias="production", approved_by="owner", approved_at=record.approved_at,
-        previous_version=1, comment="reviewed with support", permission_checked=True,
+        previous_version=1, comment="reviewed with support", permission_checked=True, proposed_by="editor",
     )
     assert_recent(record.approved_at)
     tags = version_tags(prompt, 2)
@@ -327,12 +334,15 @@ def test_reject_pending_and_states(prompt, act_as):
 
 @pytest.mark.slow
 def test_proposing_a_new_prompt_makes_the_proposer_its_owner(team, act_as):
-    """MLflow gives the creator of a prompt MANAGE on it, so whoever proposes a new prompt can
-    approve it; reviews apply to the versions after that."""
+    """MLflow gives the creator of a prompt MANAGE on it, so whoever proposes a new prompt may
+    approve it, though only by opting out of separation of duties; reviews apply to the versions
+    after that."""
     name = unique()
     act_as("editor")
     propose_prompt(name, TEXT_V1)
-    assert approve_prompt(name, 1).approved_by == "editor"
+    with pytest.raises(ml.SelfApprovalError):
+        approve_prompt(name, 1)
+    assert approve_prompt(name, 1, allow_self_approval=True).approved_by == "editor"
     act_as("reader")
     with pytest.raises(PermissionDeniedError):  # no grant on a prompt someone else created
         pending_prompts(name)
