@@ -19,6 +19,7 @@ look like.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -31,14 +32,6 @@ REDACTED = "[redacted]"
 # Known values shorter than this would mask ordinary words ("test", "1234").
 MIN_KNOWN_LENGTH = 6
 
-# Parameter names that carry credentials (never traced, never saved). ``token`` alone or as a
-# suffix (``auth_token``), not ``max_tokens``; ``key`` alone or as ``api-key``/``access_key``.
-_SECRET_NAME = re.compile(
-    r"api[-_]?key|secret|passw(?:or)?d|credential|authorization|cookie|(?:^|[-_])token$|^auth$|"
-    r"^(?:(?:access|private|subscription|encryption)[-_]?)?key$|^headers$|extra_headers",
-    re.I,
-)
-
 # Credential names inside free text: a ``name=value`` or ``"name": "value"`` pair.
 # Anchored on the name's last word (a leading ``[\w-]*`` costs a scan from every word start).
 _NAME = r"(?:api[-_]?key|secret|passw(?:or)?d|pwd|token|credentials?|access[-_]?key|private[-_]?key)"
@@ -47,59 +40,69 @@ _QUOTE = r"(?:\\?[\"'])?"
 
 @dataclass(frozen=True)
 class _Pattern:
+    """A detector, compiled on first use (compiling them all would slow ``import mlflow_lite_plugin``)."""
+
     kind: str
-    regex: re.Pattern[str]
+    source: str
     group: int = 0  # the part that is secret (the value of ``name=value``)
     lower: bool = False  # matched against the lower-cased text (case-insensitive regexes are slow)
     hints: tuple[str, ...] = ()  # substrings of the lower-cased text without which it cannot match
 
-    def __post_init__(self) -> None:
+    @functools.cached_property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(self.source)
+
+    @functools.cached_property
+    def hint(self) -> re.Pattern[str] | None:
         # One C-level search instead of a Python loop over the hints.
-        object.__setattr__(self, "_hint", re.compile("|".join(map(re.escape, self.hints))) if self.hints else None)
+        return re.compile("|".join(map(re.escape, self.hints))) if self.hints else None
 
     def finditer(self, text: str, lower: str) -> Iterator[re.Match[str]]:
-        if self._hint is not None and self._hint.search(lower) is None:  # type: ignore[attr-defined]
+        if self.hint is not None and self.hint.search(lower) is None:
             return iter(())
         return self.regex.finditer(lower if self.lower else text)
 
 
 _PATTERNS = (
     # Up to its end line, or to a quote: the text may be JSON.
-    _Pattern("private_key", re.compile(r"-----BEGIN[A-Z ]*PRIVATE KEY-----[^\"']*?(?:-----END[A-Z ]*PRIVATE KEY-----|(?=[\"'])|\Z)"),
+    _Pattern("private_key", r"-----BEGIN[A-Z ]*PRIVATE KEY-----[^\"']*?(?:-----END[A-Z ]*PRIVATE KEY-----|(?=[\"'])|\Z)",
              hints=("private key",)),
     # The userinfo of any URL: a user name alone may be a key (https://<token>@host).
-    _Pattern("url_userinfo", re.compile(r"(?<=://)[^\s/?#@\[\]\"'<>]+(?=@[^\s@])"), hints=("://",)),
-    _Pattern("query_secret", re.compile(rf"[?&;][\w.-]*?{_NAME}=([^&#\s\"'<>]+)"), 1, True, ("=",)),
+    _Pattern("url_userinfo", r"(?<=://)[^\s/?#@\[\]\"'<>]+(?=@[^\s@])", hints=("://",)),
+    _Pattern("query_secret", rf"[?&;][\w.-]*?{_NAME}=([^&#\s\"'<>]+)", 1, True, ("=",)),
     _Pattern(
         "assignment",
-        re.compile(
-            rf"{_NAME}(?![\w-]){_QUOTE}\s*[:=]\s*{_QUOTE}(?!(?:none|null|true|false|\[redacted\])\b)"
-            r"([^\s\"'\\,;&)}\]]+)"
-        ),
+        rf"{_NAME}(?![\w-]){_QUOTE}\s*[:=]\s*{_QUOTE}(?!(?:none|null|true|false|\[redacted\])\b)"
+        r"([^\s\"'\\,;&)}\]]+)",
         1,
         True,
         ("key", "secret", "passw", "pwd", "token", "credential"),
     ),
-    _Pattern("bearer", re.compile(r"\b(?:bearer|basic)\s+(?=[^\s]*\d)([a-z0-9._~+/=-]{8,})"), 1, True, ("bearer", "basic")),
+    _Pattern("bearer", r"\b(?:bearer|basic)\s+(?=[^\s]*\d)([a-z0-9._~+/=-]{8,})", 1, True, ("bearer", "basic")),
     _Pattern(
         "api_key",
-        re.compile(
-            r"\bsk-(?:ant-|proj-|svcacct-|or-v1-)?[A-Za-z0-9_-]{16,}|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
-            r"|\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{30,}|\bxox[abposr]-[A-Za-z0-9-]{10,}"
-            r"|\bAIza[0-9A-Za-z_-]{35}|\bhf_[A-Za-z0-9]{30,}|\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"
-            r"|\bgsk_[A-Za-z0-9]{20,}|\bglpat-[A-Za-z0-9_-]{20,}"
-        ),
+        r"\bsk-(?:ant-|proj-|svcacct-|or-v1-)?[A-Za-z0-9_-]{16,}|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
+        r"|\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{30,}|\bxox[abposr]-[A-Za-z0-9-]{10,}"
+        r"|\bAIza[0-9A-Za-z_-]{35}|\bhf_[A-Za-z0-9]{30,}|\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"
+        r"|\bgsk_[A-Za-z0-9]{20,}|\bglpat-[A-Za-z0-9_-]{20,}",
         hints=("sk-", "akia", "asia", "gh", "xox", "aiza", "hf_", "k_live_", "k_test_", "gsk_", "glpat-"),
     ),
-    _Pattern("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"), hints=("eyj",)),
+    _Pattern("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}", hints=("eyj",)),
 )
 # Random-looking tokens: long, mixing upper case, lower case and digits (identifiers, paths and
 # words rarely do), with high Shannon entropy. Hex tokens only when asked (``thorough``): error
 # text is full of trace ids and digests.
-_TOKEN = re.compile(r"[A-Za-z0-9+_=-]{24,}")
-_HEX = re.compile(r"(?<![0-9A-Za-z])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{32,}(?![0-9A-Za-z])")
+_TOKEN = _Pattern("high_entropy", r"[A-Za-z0-9+_=-]{24,}")
+_HEX = _Pattern("high_entropy", r"(?<![0-9A-Za-z])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{32,}(?![0-9A-Za-z])")
 # Most texts hold none of it: one search rules every pattern out.
-_ANYTHING = re.compile("|".join(re.escape(h) for p in _PATTERNS for h in p.hints) + r"|[a-z0-9+_=-]{24,}")
+_ANYTHING = _Pattern("any", "|".join(re.escape(h) for p in _PATTERNS for h in p.hints) + r"|[a-z0-9+_=-]{24,}")
+# Parameter names that carry credentials (never traced, never saved). ``token`` alone or as a
+# suffix (``auth_token``), not ``max_tokens``; ``key`` alone or as ``api-key``/``access_key``.
+_SECRET_NAME = _Pattern(
+    "name",
+    r"(?i)api[-_]?key|secret|passw(?:or)?d|credential|authorization|cookie|(?:^|[-_])token$|^auth$|"
+    r"^(?:(?:access|private|subscription|encryption)[-_]?)?key$|^headers$|extra_headers",
+)
 _MIN_ENTROPY = 4.0
 _MIN_HEX_ENTROPY = 3.0
 
@@ -115,7 +118,7 @@ class Finding:
 
 def is_secret_name(name: str) -> bool:
     """True for a parameter name that carries credentials (``api_key``, ``auth_token``, ``headers``...)."""
-    return bool(_SECRET_NAME.search(name))
+    return bool(_SECRET_NAME.regex.search(name))
 
 
 def entropy(text: str) -> float:
@@ -137,22 +140,22 @@ def find_secrets(text: str, *, known: Iterable[str] = (), thorough: bool = False
     lower = text.lower()
     if len(lower) != len(text):  # a few non-ASCII letters change length when lower-cased
         lower = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
-    if _ANYTHING.search(lower) is None:
+    if _ANYTHING.regex.search(lower) is None:
         return _merged(found)
     for pattern in _PATTERNS:
         found += [Finding(pattern.kind, m.start(pattern.group), m.end(pattern.group)) for m in pattern.finditer(text, lower)]
-    for match in _TOKEN.finditer(text):
+    for match in _TOKEN.regex.finditer(text):
         token = match.group()
         if _mixed(token) and entropy(token) >= _MIN_ENTROPY:
             found.append(Finding("high_entropy", match.start(), match.end()))
     if thorough:
-        found += [Finding("high_entropy", m.start(), m.end()) for m in _HEX.finditer(text) if entropy(m.group()) >= _MIN_HEX_ENTROPY]
+        found += [Finding("high_entropy", m.start(), m.end()) for m in _HEX.regex.finditer(text) if entropy(m.group()) >= _MIN_HEX_ENTROPY]
     return _merged(found)
 
 
 def scrub(text: str, known: Iterable[str] = ()) -> str:
     """``text`` with every secret :func:`find_secrets` sees replaced by ``[redacted]``."""
-    if not text:
+    if len(text) < MIN_KNOWN_LENGTH:  # too short to hold any (span attributes such as "exact")
         return text
     for finding in reversed(find_secrets(text, known=known)):
         text = text[: finding.start] + REDACTED + text[finding.end :]
