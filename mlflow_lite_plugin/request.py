@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -26,6 +28,26 @@ DEFAULT_NUM_RETRIES = 2
 _PROVIDER_EXTRAS = frozenset(
     {"top_k", "extra_body", "extra_query", "keep_alive", "safety_settings", "format", "mirostat"}
 )
+
+# The common OpenAI parameters, checked here: a wrong type or range would otherwise reach the
+# provider (a paid round trip for a 400) or fail inside LiteLLM's encoder. Provider-specific
+# parameters pass unchecked through provider_params.
+_RANGES: Mapping[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+}
+MAX_TOKENS = 10_000_000  # far above any model's output limit: larger is a mistake, such as 1e12
+_COUNTS: Mapping[str, tuple[int, int]] = {
+    "max_tokens": (1, MAX_TOKENS),
+    "max_completion_tokens": (1, MAX_TOKENS),
+    "n": (1, 128),  # OpenAI's own limit
+    "top_logprobs": (0, 20),
+}
+_FLAGS = ("logprobs", "parallel_tool_calls")
+ROLES = ("system", "user", "assistant", "tool", "developer", "function")
+
 
 @functools.cache
 def known_keywords() -> frozenset[str]:
@@ -91,8 +113,94 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message:
             raise ArgumentError("messages", f"item {i} must be a dict with a 'role' key, got {message!r}")
+        _check_message(i, message)
         checked.append(dict(message))
     return checked
+
+
+def _check_message(i: int, message: Mapping[str, Any]) -> None:
+    role = message["role"]
+    if role not in ROLES:
+        raise ArgumentError("messages", f"item {i}: role must be one of {', '.join(ROLES)}, got {role!r}")
+    content = message.get("content")
+    if content is None:
+        # Only an assistant turn that calls tools may come without text.
+        if role != "assistant" or not (message.get("tool_calls") or message.get("function_call")):
+            raise ArgumentError("messages", f"item {i} ({role}) has no 'content'")
+    elif isinstance(content, Sequence) and not isinstance(content, (str, bytes)):
+        for j, part in enumerate(content):
+            if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
+                raise ArgumentError("messages", f"item {i}: content part {j} must be a dict with a 'type', got {part!r}")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise ArgumentError("messages", f"item {i}: text part {j} needs a string 'text', got {part.get('text')!r}")
+    elif not isinstance(content, str):
+        raise ArgumentError(
+            "messages", f"item {i}: content must be a string or a list of content parts, got {type(content).__name__}"
+        )
+    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise ArgumentError("messages", f"item {i}: a tool message needs the 'tool_call_id' it answers")
+    where = _non_finite(message)
+    if where is not None:
+        raise ArgumentError("messages", f"item {i}: {where} is not a finite number (NaN and infinity are not JSON)")
+
+
+def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the common OpenAI parameters in ``params``; returns the integer counts as plain
+    ints (a numpy int, say from a served model's params, is not JSON)."""
+    counts: dict[str, Any] = {}
+    for name, (low, high) in _RANGES.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not real or not low <= value <= high:
+            raise ArgumentError(name, f"must be a number from {low:g} to {high:g}, got {value!r}")
+    for name, (low, high) in _COUNTS.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not low <= value <= high:
+            raise ArgumentError(name, f"must be a whole number from {low} to {high:_}, got {value!r}")
+        counts[name] = int(value)
+    seed = params.get("seed")
+    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)):
+        raise ArgumentError("seed", f"must be a whole number, got {seed!r}")
+    if seed is not None:
+        counts["seed"] = int(seed)
+    for name in _FLAGS:
+        if params.get(name) is not None and not isinstance(params[name], bool):
+            raise ArgumentError(name, f"must be True or False, got {params[name]!r}")
+    stop = params.get("stop")
+    if stop is not None and not isinstance(stop, str):
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+            raise ArgumentError("stop", f"must be a string or a list of strings, got {stop!r}")
+    if params.get("user") is not None and not isinstance(params["user"], str):
+        raise ArgumentError("user", f"must be a string, got {params['user']!r}")
+    check_number("timeout", params.get("timeout"), unit="seconds")
+    for name, value in params.items():
+        where = _non_finite(value, name)
+        if where is not None:
+            raise ArgumentError(name, f"{where} is not a finite number (NaN and infinity are not JSON)")
+    return counts
+
+
+def _non_finite(value: Any, path: str = "", depth: int = 0) -> str | None:
+    """The path of the first NaN or infinity inside ``value`` (dicts and lists), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path or "a value")
+    if depth > 32:  # deeper is no JSON anyone sends; the encoder reports it if it matters
+        return None
+    if isinstance(value, Mapping):
+        items: Any = ((f"{path}[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{k}]", v) for k, v in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = _non_finite(item, where, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def _check_keywords(kwargs: Mapping[str, Any]) -> None:
@@ -159,7 +267,10 @@ def build_request(
     provider_params = merged.pop("provider_params", None) or {}
     if not isinstance(provider_params, Mapping):
         raise ArgumentError("provider_params", f"must be a dict, got {provider_params!r}")
-    check_number("timeout", merged.get("timeout"), unit="seconds")
+    merged.update(_check_params({k: v for k, v in merged.items() if k not in PIPELINE_KEYWORDS}))
+    where = _non_finite(provider_params, "provider_params")
+    if where is not None:
+        raise ArgumentError("provider_params", f"{where} is not a finite number (NaN and infinity are not JSON)")
     image = merged.pop("image", None)
     images = tuple(load_images(image)) if image is not None else ()
     if images:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +74,12 @@ class CacheStage(Stage):
         if not call.request.use_cache:
             return False
         temperature = call.request.params.get("temperature")
-        return self.max_temperature is None or temperature is None or temperature <= self.max_temperature
+        if self.max_temperature is None or temperature is None:
+            return True
+        # A temperature that is no number (only provider_params lets one through) cannot be held
+        # to the policy: such a call bypasses the cache, and the provider answers for it.
+        number = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
+        return number and temperature <= self.max_temperature
 
     def usable(self, call: Call, entry: dict[str, Any]) -> bool:
         """A cached answer must also pass this call's validation rules (they are not in the key)."""
