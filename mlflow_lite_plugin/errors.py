@@ -8,6 +8,7 @@ message, status code and the MLflow trace id of the failed call.
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -91,11 +92,22 @@ class ProviderUnavailableError(ProviderError):
 
 
 class ProviderAuthError(ProviderError):
-    """401/403: a missing or wrong API key. Never retried."""
+    """401/403, or no API key at all: a missing or wrong API key. Never retried."""
 
 
 class ProviderBadRequestError(ProviderError):
     """4xx other than auth and rate limits: the request itself is wrong. Never retried."""
+
+
+class RequestEncodingError(ArgumentError, TracedError):
+    """LiteLLM could not build or encode the request (content of the wrong type, NaN in a
+    parameter...): the call's own fault, found before anything was sent, so never retried."""
+
+    transient = False
+
+    def __init__(self, message: str, *, model: str):
+        super().__init__("request", f"{model}: {message}")
+        self.model = model
 
 
 class ValidationError(TracedError):
@@ -158,12 +170,60 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def local_request_error(exc: BaseException, model: str) -> RequestEncodingError | None:
+    """The error if LiteLLM failed on the request itself, before sending it, else None.
+
+    LiteLLM wraps such failures as a connection error or a 500; what tells them apart is the root
+    cause: a plain TypeError/ValueError of its own (a json encoder's "Out of range float values",
+    "'int' object is not iterable" from a message transformation), with no HTTP or socket error
+    anywhere in the chain."""
+    if isinstance(exc, MlflowLiteError):
+        return None
+    causes = _causes(exc)
+    root = causes[-1]
+    if root is exc or type(root) not in (TypeError, ValueError):
+        return None
+    if any(_is_transport(e) for e in causes):
+        return None
+    return RequestEncodingError(f"the request could not be encoded for the provider: {root}", model=model)
+
+
+def _is_transport(exc: BaseException) -> bool:
+    module = type(exc).__module__.split(".")[0]
+    return isinstance(exc, OSError) or module in ("httpx", "httpcore", "aiohttp", "h11", "ssl")
+
+
+def _missing_credentials(causes: list[BaseException], message: str) -> bool:
+    """The OpenAI SDK (LiteLLM's client for OpenAI and compatible APIs) refuses to start a
+    request without a key by raising its base ``OpenAIError``, which LiteLLM reports as a 500."""
+    local = any(type(e).__name__ == "OpenAIError" and type(e).__module__ == "openai" for e in causes)
+    return local and bool(_CREDENTIALS.search(message))
+
+
+_CREDENTIALS = re.compile(r"api[_ ]?key|credential", re.I)
+
+
+def _auth_message(message: str, model: str) -> str:
+    """The provider's message, plus the environment variables LiteLLM looked for and did not find."""
+    from .models import litellm_module  # loaded already: a provider call just failed
+
+    try:
+        missing = litellm_module().validate_environment(model).get("missing_keys") or []
+    except Exception:  # naming the variable is a courtesy; the error must still be raised
+        missing = []
+    if not missing:
+        return message
+    names = " or ".join(missing)
+    return f"{message} (LiteLLM takes the key from api_key= or the environment variable {names}, which is not set)"
+
+
 def from_provider_exception(exc: BaseException, model: str) -> ProviderError:
     """Map a LiteLLM/httpx exception to our typed error, keeping the provider's message."""
     if isinstance(exc, ProviderError):
         return exc
     # LiteLLM reports a refused connection as a 500; the SDK/httpx cause below says what it was.
-    chain = [type(e).__name__ for e in _causes(exc)]
+    causes = _causes(exc)
+    chain = [type(e).__name__ for e in causes]
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
     message = getattr(exc, "message", None) or str(exc) or chain[0]
@@ -171,8 +231,12 @@ def from_provider_exception(exc: BaseException, model: str) -> ProviderError:
         cls: type[ProviderError] = ProviderTimeoutError
     elif any(name in _CONNECTION_ERRORS for name in chain):
         cls = ProviderConnectionError
+    elif _missing_credentials(causes, message):
+        cls, status = ProviderAuthError, 401  # what LiteLLM itself reports for other providers
     else:
         cls = _status_class(status)
+    if cls is ProviderAuthError:
+        message = _auth_message(message, model)
     return cls(
         message,
         model=model,

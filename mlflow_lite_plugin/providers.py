@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any, Generator, Iterator
 
 from . import credentials, tracing
-from .errors import ProviderError, from_provider_exception
+from .errors import ProviderError, from_provider_exception, local_request_error
 from .models import litellm_module
 from .pipeline import chat_inputs
 from .response import Response, usage_dict
@@ -114,6 +114,13 @@ class Provider:
         )
 
     def _failed(self, span: Span | NullSpan, attempt: Attempt, exc: Exception) -> ProviderError:
+        """The typed error of a failed attempt; raises at once if the request itself is bad
+        (LiteLLM could not encode it), as no retry or fallback would send anything different."""
+        local = local_request_error(exc, attempt.model.name)
+        if local is not None:
+            local._trace = span.trace_ref
+            span.end(error=local)
+            raise local from exc
         error = from_provider_exception(exc, attempt.model.name)
         error._trace = span.trace_ref
         span.set_attributes({"mlflow_lite.status_code": error.status_code, "mlflow_lite.transient": error.transient})
