@@ -25,7 +25,9 @@ Rules (every answer is first stripped of surrounding whitespace):
   default), ``format`` keywords are not checked, and at most 10 errors are listed, each with its
   path (``schema: $.age: 'old' is not of type 'integer'``).
 - ``regex``: a pattern (str or compiled) or a list of them; each must be found by ``re.search``
-  anywhere in the answer (anchor with ``^...$`` to match the whole answer).
+  anywhere in the answer (anchor with ``^...$`` to match the whole answer). Patterns run on the
+  ``regex`` package with a time bound (:data:`REGEX_TIMEOUT` per pattern): a pattern that
+  backtracks catastrophically (``(a|a)+$``) fails the rule instead of hanging the call.
 - ``choices``: the answer must equal one of these, case-insensitive, ignoring a trailing period.
 - custom callables (``validate=fn``, in a list, or ``"custom": fn | [fn, ...]``) are called as
   ``fn(text)``: ``True``/``None`` pass; ``False`` fails; a string fails with that message; a tuple
@@ -61,6 +63,9 @@ FORMATS = ("json", "yaml", "markdown", "xml")
 LENGTH_UNITS = ("characters", "words", "tokens")
 ON_FAIL = ("raise", "retry", "return")
 _MAX_SCHEMA_ERRORS = 10
+# Seconds one regex rule may search one answer. Rules come from callers and the playground UI, and
+# a backtracking pattern can take minutes on a short answer; a linear one takes milliseconds.
+REGEX_TIMEOUT = 0.5
 
 _FENCED = re.compile(r"```[\w+.-]*[ \t]*\r?\n(.*)```", re.S)  # applied to the stripped answer
 _WHITESPACE = re.compile(r"\s+")
@@ -147,7 +152,7 @@ class Validator:
         self._format: str | None = _format(named.get("format"))
         self._schema: Mapping[str, Any] | None = named.get("schema")
         self._schema_validator = _schema_validator(self._schema, self._format)
-        self._regexes = _regexes(named.get("regex"))
+        self._regexes = _regexes(named.get("regex"))  # (source, compiled) pairs
         self._choices = _choices(named.get("choices"))
         self._document_kind = self._format if self._format in ("json", "yaml", "xml") else None
         if self._schema is not None and self._document_kind is None:
@@ -229,7 +234,7 @@ class Validator:
             "forbidden_words": list(self._forbidden),
             "format": self._format,
             "schema": _json_safe(self._schema),
-            "regex": [_pattern_source(p) for p in self._regexes],
+            "regex": [source for source, _ in self._regexes],
             "choices": list(self._choices),
         }
         return values[name]
@@ -308,7 +313,16 @@ class Validator:
         return errors
 
     def _check_regex(self, answer: _Answer) -> list[str]:
-        return [f"no match for {_pattern_source(p)!r}" for p in self._regexes if not p.search(answer.text)]
+        errors = []
+        for source, pattern in self._regexes:
+            try:
+                found = pattern.search(answer.text, timeout=REGEX_TIMEOUT)
+            except TimeoutError:
+                errors.append(f"{source!r} gave up after {REGEX_TIMEOUT:g} s (the pattern backtracks too much)")
+                continue
+            if not found:
+                errors.append(f"no match for {source!r}")
+        return errors
 
     def _check_choices(self, answer: _Answer) -> list[str]:
         if _choice_key(answer.text) in {_choice_key(c) for c in self._choices}:
@@ -538,7 +552,7 @@ def _schema_validator(schema: Any, fmt: str | None) -> Any:
     return cls(schema)
 
 
-def _regexes(value: Any) -> tuple[re.Pattern[str], ...]:
+def _regexes(value: Any) -> tuple[tuple[str, Any], ...]:
     if value is None:
         return ()
     items = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -547,15 +561,26 @@ def _regexes(value: Any) -> tuple[re.Pattern[str], ...]:
     return tuple(_regex(item) for item in items)
 
 
-def _regex(item: Any) -> re.Pattern[str]:
+# re's flags as the regex package spells them (re.ASCII is 256 there, 128 here).
+_REGEX_FLAGS = (("IGNORECASE", re.I), ("MULTILINE", re.M), ("DOTALL", re.S), ("VERBOSE", re.X), ("ASCII", re.A))
+
+
+def _regex(item: Any) -> tuple[str, Any]:
+    """``(source, pattern)``: the pattern compiled by the ``regex`` package, whose searches take
+    a timeout (``re``'s cannot be interrupted)."""
+    import regex  # only rules with patterns pay for its import
+
     if isinstance(item, re.Pattern) and isinstance(item.pattern, str):
-        return item
-    if not isinstance(item, str):
+        source, text = _pattern_source(item), item.pattern
+        flags = sum(int(getattr(regex, name)) for name, flag in _REGEX_FLAGS if item.flags & flag)
+    elif isinstance(item, str):
+        source, text, flags = item, item, 0
+    else:
         raise _bad(f"regex must be a string or a compiled pattern (or a list of them), got {_type(item)}")
     try:
-        return re.compile(item)
-    except re.error as exc:
-        raise _bad(f"regex {item!r} does not compile: {exc}") from None
+        return source, regex.compile(text, flags)
+    except (regex.error, ValueError) as exc:
+        raise _bad(f"regex {item if isinstance(item, str) else source!r} does not compile: {exc}") from None
 
 
 def _choices(value: Any) -> tuple[str, ...]:
