@@ -4,14 +4,18 @@ A hit needs (1) the same opaque ``scope`` (model, system prompt, params, tenant:
 caller), (2) a neighbour in embedding space and (3) the verifier's approval, which rejects
 near-misses such as negations, other numbers or names, swapped roles and other minimal edits.
 Entries expire after ``ttl`` seconds and the least-recently-used ones are evicted beyond
-``max_entries``. ``save``/``load`` write a FAISS index plus a JSON entries file (no pickle), so a
-cache can be shipped as an MLflow model artifact.
+``max_entries``. A question longer than ``max_query_chars`` is neither looked up nor stored: the
+model embeds only its first 256 word pieces, and normalising and verifying it would cost far more
+than the call it might save. ``save``/``load`` write a FAISS index plus a JSON entries file (no
+pickle) that holds the index's SHA-256, so a cache can be shipped as an MLflow model artifact and a
+changed or corrupted index is refused.
 
 torch, sentence-transformers and faiss are imported on first use, never at import.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +46,10 @@ INDEX_FILE = "index.faiss"
 ENTRIES_FILE = "entries.json"
 FORMAT = "mlflow-lite-semantic-cache"
 FORMAT_VERSION = 1
+#: Longest question (characters) the cache embeds. all-MiniLM-L6-v2 truncates at 256 word pieces
+#: (~1,000-1,500 characters of English): beyond ~2,000 the embedding no longer sees the question.
+MAX_QUERY_CHARS = 2_000
+_CHECKSUM = "sha256"
 # Neighbours verified per lookup: the best-scoring one can be a rejected near-miss while a true
 # paraphrase sits just below it.
 _CANDIDATES = 5
@@ -100,6 +108,7 @@ class SemanticCache:
         ttl: float | None = None,
         max_entries: int = 10_000,
         verify: bool = True,
+        max_query_chars: int = MAX_QUERY_CHARS,
     ):
         if not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a cosine in [-1, 1], got {threshold!r}")
@@ -107,12 +116,15 @@ class SemanticCache:
             raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
         if not isinstance(max_entries, int) or max_entries < 1:
             raise ValueError(f"max_entries must be a positive int, got {max_entries!r}")
+        if not isinstance(max_query_chars, int) or isinstance(max_query_chars, bool) or max_query_chars < 1:
+            raise ValueError(f"max_query_chars must be a positive int, got {max_query_chars!r}")
         self.model = canonical_model_name(model)
         self._model_source = model
         self.threshold = float(threshold)
         self.ttl = float(ttl) if ttl is not None else None
         self.max_entries = max_entries
         self.verify = bool(verify)
+        self.max_query_chars = max_query_chars
         self._lock = threading.RLock()  # guards every field below and all FAISS index operations
         self._embedder: Embedder | None = None
         self._dim: int | None = None
@@ -125,11 +137,25 @@ class SemanticCache:
 
     # --- public API ---------------------------------------------------------------------------
 
-    def lookup(self, scope: str, query: str) -> SemanticHit | None:
-        """The cached value of a question that means the same as ``query`` in ``scope``, or None."""
+    def fits(self, query: str) -> bool:
+        """Whether ``query`` is short enough to be looked up and stored (see ``max_query_chars``)."""
+        return len(query) <= self.max_query_chars
+
+    @staticmethod
+    def normalized(query: str) -> str:
+        """The form two questions must share to be "the same question" (pass it on as ``key=``)."""
+        return normalize(query)
+
+    def lookup(self, scope: str, query: str, *, key: str | None = None) -> SemanticHit | None:
+        """The cached value of a question that means the same as ``query`` in ``scope``, or None
+        (also for a question longer than ``max_query_chars``). ``key``: ``normalized(query)``,
+        when the caller already has it (a call that looks up and then stores normalises once)."""
         _check_text("scope", scope)
         _check_text("query", query)
-        key = normalize(query)
+        if not self.fits(query):
+            logger.debug("semantic lookup skipped: %d characters > %d", len(query), self.max_query_chars)
+            return None
+        key = normalize(query) if key is None else key
         with self._lock:
             self._purge_expired()
             if not self._by_scope.get(scope):
@@ -149,12 +175,19 @@ class SemanticCache:
                         return self._hit(entry_id, score, reason)
         return None
 
-    def store(self, scope: str, query: str, value: dict) -> None:
-        """Cache ``value`` (a JSON-serialisable dict) as the answer to ``query`` in ``scope``."""
+    def store(self, scope: str, query: str, value: dict, *, key: str | None = None) -> bool:
+        """Cache ``value`` (a JSON-serialisable dict) as the answer to ``query`` in ``scope``.
+
+        Returns False, storing nothing, for a question longer than ``max_query_chars``. ``key``:
+        ``normalized(query)``, when the caller already has it."""
         _check_text("scope", scope)
         _check_text("query", query)
         if not isinstance(value, dict):
             raise TypeError(f"value must be a dict, got {type(value).__name__}")
+        if not self.fits(query):
+            logger.debug("semantic store skipped: %d characters > %d", len(query), self.max_query_chars)
+            return False
+        key = normalize(query) if key is None else key
         try:
             # A deep copy the caller cannot mutate, and a guarantee that save() can write it.
             value = _copy(value)
@@ -164,12 +197,13 @@ class SemanticCache:
         now = time.time()
         with self._lock:
             self._purge_expired()
-            old = self._by_key.get((scope, normalize(query)))
+            old = self._by_key.get((scope, key))
             if old is not None:
                 self._remove([old])
-            self._add(_Entry(self._next_id, scope, query, normalize(query), value, now, now), vector)
+            self._add(_Entry(self._next_id, scope, query, key, value, now, now), vector)
             self._next_id += 1
             self._evict_over_capacity()
+        return True
 
     def clear(self) -> None:
         with self._lock:
@@ -195,14 +229,15 @@ class SemanticCache:
             ]
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``path/index.faiss`` and ``path/entries.json`` (the directory is created)."""
+        """Write ``path/index.faiss`` and ``path/entries.json`` (the directory is created); the
+        entries file records the index's SHA-256, which :meth:`load` checks."""
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         faiss = _faiss()
         with self._lock:
             self._purge_expired()
             index = self._index if self._index is not None else _new_index(self._dimension())
-            index_bytes = faiss.serialize_index(index)
+            index_bytes = np.asarray(faiss.serialize_index(index), dtype=np.uint8).tobytes()
             document = {
                 "format": FORMAT,
                 "version": FORMAT_VERSION,
@@ -213,7 +248,9 @@ class SemanticCache:
                 "ttl": self.ttl,
                 "max_entries": self.max_entries,
                 "verify": self.verify,
+                "max_query_chars": self.max_query_chars,
                 "next_id": self._next_id,
+                "checksums": {INDEX_FILE: _checksum(index_bytes)},
                 "entries": [
                     {
                         "id": e.id,
@@ -226,8 +263,9 @@ class SemanticCache:
                     for e in self._entries.values()
                 ],
             }
-        # Write both files atomically so a crash never leaves a half-written pair behind.
-        _atomic_write(directory / INDEX_FILE, np.asarray(index_bytes, dtype=np.uint8).tobytes())
+        # Each file is written atomically; a crash between the two leaves a new index beside old
+        # entries, which load() then refuses by its checksum.
+        _atomic_write(directory / INDEX_FILE, index_bytes)
         _atomic_write(directory / ENTRIES_FILE, json.dumps(document, ensure_ascii=False).encode("utf-8"))
         logger.info("saved semantic cache with %d entries to %s", len(document["entries"]), directory)
 
@@ -237,7 +275,7 @@ class SemanticCache:
         directory = Path(path)
         entries_path, index_path = directory / ENTRIES_FILE, directory / INDEX_FILE
         document = _read_entries(entries_path)
-        unknown = set(overrides) - {"model", "threshold", "ttl", "max_entries", "verify"}
+        unknown = set(overrides) - {"model", "threshold", "ttl", "max_entries", "verify", "max_query_chars"}
         if unknown:
             raise TypeError(f"unknown SemanticCache setting(s): {', '.join(sorted(unknown))}")
         model = overrides.pop("model", document["model"])
@@ -247,6 +285,7 @@ class SemanticCache:
                 f"cache was built with embedding model {document['model']!r}, not {canonical_model_name(model)!r}",
             )
         settings = {k: document[k] for k in ("threshold", "ttl", "max_entries", "verify")}
+        settings["max_query_chars"] = document.get("max_query_chars", MAX_QUERY_CHARS)  # absent before checksums
         settings.update(overrides)
         cache = cls(model=model, **settings)
         index = _read_index(index_path, document)
@@ -390,6 +429,10 @@ def _check_text(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
 
 
+def _checksum(data: bytes) -> str:
+    return f"{_CHECKSUM}:{hashlib.sha256(data).hexdigest()}"
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
@@ -422,6 +465,15 @@ def _read_entries(path: Path) -> dict:
     ttl = document.get("ttl")
     if ttl is not None and not isinstance(ttl, (int, float)):
         raise SemanticCacheError(path, "field 'ttl' has the wrong type")
+    # Optional: caches saved by earlier versions have neither field.
+    max_query_chars = document.get("max_query_chars", MAX_QUERY_CHARS)
+    if not isinstance(max_query_chars, int) or isinstance(max_query_chars, bool) or max_query_chars < 1:
+        raise SemanticCacheError(path, "field 'max_query_chars' must be a positive int")
+    checksums = document.get("checksums", {})
+    if not isinstance(checksums, dict) or not all(
+        isinstance(v, str) and v.startswith(f"{_CHECKSUM}:") for v in checksums.values()
+    ):
+        raise SemanticCacheError(path, f"field 'checksums' must map file names to '{_CHECKSUM}:<hex>'")
     for position, entry in enumerate(document["entries"]):
         if not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) for k, t in _ENTRY_FIELDS.items()):
             raise SemanticCacheError(path, f"entry {position} is malformed")
@@ -434,9 +486,21 @@ def _read_entries(path: Path) -> dict:
 def _read_index(path: Path, document: dict) -> faiss.Index:
     if not path.is_file():
         raise SemanticCacheError(path, "semantic cache index file is missing")
+    raw = path.read_bytes()
+    expected_sum = document.get("checksums", {}).get(INDEX_FILE)
+    if expected_sum is None:
+        logger.debug("%s has no checksum of %s (saved by an older version): not verified", ENTRIES_FILE, path)
+    elif (actual_sum := _checksum(raw)) != expected_sum:
+        # FAISS reads most flipped bytes as valid floats: without this check the cache would load
+        # and serve answers for the wrong vectors.
+        raise SemanticCacheError(
+            path,
+            f"checksum mismatch: changed or corrupted since it was saved ({ENTRIES_FILE} records "
+            f"{expected_sum}, the file is {actual_sum})",
+        )
     faiss = _faiss()
     try:
-        data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+        data = np.frombuffer(raw, dtype=np.uint8)
         index = faiss.deserialize_index(data)
     except Exception as exc:  # faiss raises RuntimeError with a C++ message on any bad byte
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -11,7 +11,7 @@ from ..pipeline import Call, Stage
 from ..attachments import has_images
 from ..response import Response, usage_dict
 from ..validation_stage import check_answer
-from .backends import CacheBackend
+from .backends import BackendSkipped, CacheBackend
 from .keys import exact_key, scope_key
 from .stats import CacheStats
 
@@ -115,10 +115,18 @@ class CacheStage(Stage):
         """Store ``response`` as the answer to ``call`` without a lookup (warming the cache)."""
         raise NotImplementedError
 
-    def guarded(self, action: str, fn: Any, *args: Any) -> Any:
-        """Run a backend operation; an outage is logged and counts as a miss, never a failed call."""
+    def guarded(self, action: str, fn: Any, *args: Any, call: Call | None = None) -> Any:
+        """Run a backend operation; an outage is logged and counts as a miss, never a failed call.
+        A backend skipped by its circuit breaker is not logged again, only put on ``call``'s trace."""
         try:
             return fn(*args)
+        except BackendSkipped as skipped:
+            _logger.debug("%s cache %s skipped: %s", self.kind, action, skipped)
+            if call is not None:
+                call.span.set_attributes({"mlflow_lite.cache.backend_skipped": skipped.backend})
+                details = {"kind": self.kind, "action": action, "backend": skipped.backend}
+                call.span.add_event("cache_backend_skipped", {**details, "retry_in_s": round(skipped.retry_in, 3)})
+            return None
         except Exception as exc:
             _logger.warning("%s cache %s failed (the call goes on without it): %s", self.kind, action, exc)
             return None
@@ -139,7 +147,7 @@ class ExactCacheStage(CacheStage):
         if not self.applies(call):
             return None
         key = call.state["exact_key"] = exact_key(call)
-        entry = self.guarded("lookup", self.backend.get, key)
+        entry = self.guarded("lookup", self.backend.get, key, call=call)
         if entry is None or not self.usable(call, entry):
             self.miss(call)
             return None
@@ -151,11 +159,11 @@ class ExactCacheStage(CacheStage):
         # identical question skips the embedding.
         entry = call.state.get("semantic_entry")
         if response.cached == "semantic" and entry and "exact_key" in call.state and self.applies(call):
-            self.guarded("store", self.backend.set, call.state["exact_key"], entry, self.ttl)
+            self.guarded("store", self.backend.set, call.state["exact_key"], entry, self.ttl, call=call)
 
     def store(self, call: Call, response: Response) -> None:
         if "exact_key" in call.state:  # the lookup ran (a stage before it may have answered)
-            self.guarded("store", self.backend.set, call.state["exact_key"], to_entry(response), self.ttl)
+            self.guarded("store", self.backend.set, call.state["exact_key"], to_entry(response), self.ttl, call=call)
 
     def remember(self, call: Call, response: Response) -> None:
         self.backend.set(exact_key(call), to_entry(response), self.ttl)
@@ -178,9 +186,18 @@ class SemanticCacheStage(CacheStage):
         query = call.request.prompt_text
         if not self.applies(call) or not query.strip() or _asks_about_images(call):
             return None
+        if not self.cache.fits(query):
+            # Not looked up, not stored: normalising, embedding and verifying a long text would
+            # cost more than the call (and the model only embeds its first 256 word pieces).
+            limit = self.cache.max_query_chars
+            call.span.set_attributes({"mlflow_lite.cache.semantic_skipped": "query_too_long"})
+            details = {"reason": "query_too_long", "query_chars": len(query), "max_query_chars": limit}
+            call.span.add_event("semantic_cache_skipped", details)
+            return None
         scope = scope_key(call)
-        call.state["semantic"] = (scope, query)
-        hit = self.guarded("lookup", self.cache.lookup, scope, query)
+        key = self.guarded("normalise", self.cache.normalized, query)  # once: lookup and store share it
+        call.state["semantic"] = (scope, query, key)
+        hit = self.guarded("lookup", lambda: self.cache.lookup(scope, query, key=key))
         if hit is None or not self.usable(call, hit.value):
             self.miss(call)
             return None
@@ -190,11 +207,13 @@ class SemanticCacheStage(CacheStage):
     def store(self, call: Call, response: Response) -> None:
         if "semantic" not in call.state:
             return
-        scope, query = call.state["semantic"]
-        self.guarded("store", self.cache.store, scope, query, to_entry(response))
+        scope, query, key = call.state["semantic"]
+        self.guarded("store", lambda: self.cache.store(scope, query, to_entry(response), key=key))
 
     def remember(self, call: Call, response: Response) -> None:
-        self.cache.store(scope_key(call), call.request.prompt_text, to_entry(response))
+        if not self.cache.store(scope_key(call), call.request.prompt_text, to_entry(response)):
+            limit = self.cache.max_query_chars
+            _logger.info("not added to the semantic cache: the question is longer than %d characters", limit)
 
 
 def _asks_about_images(call: Call) -> bool:
