@@ -60,7 +60,8 @@ Two limits of MLflow 3.17 shape this:
   (deleting an alias needs MANAGE), and an EDIT user can also tag versions. The MANAGE rule for
   approvals is therefore checked here, by asking the server for the caller's grants, not by the
   server: it keeps honest editors on the workflow, but an editor who calls MLflow's API directly
-  can still move ``production``. Only READ users are kept out by the server itself.
+  can still move ``production``, though not sign the approval that ``verify_approval(name,
+  alias="production")`` asks for. Only READ users are kept out by the server itself.
 - **The server cannot tell a user their permission on a prompt.** Its per-user check
   (``/api/3.0/mlflow/users/permissions/get``) refuses ``resource_type="prompt"``. So the check
   reads the caller's own grants (``/api/3.0/mlflow/users/current/permissions``) and folds them as
@@ -636,7 +637,10 @@ def _verified(prompt: PromptVersion, key: bytes) -> ApprovalRecord:
                 APPROVAL_SIGNATURE_TAG)
     absent = [tag for tag in required if tag not in tags]
     if absent:
-        raise refuse(f"the record has no {', '.join(absent)}: approve_prompt did not write it")
+        raise refuse(
+            f"the record has no {', '.join(absent)}: it is unsigned (written through MLflow's API, or by an "
+            "approve_prompt from before approvals were signed)"
+        )
     try:
         previous = tags.get(PREVIOUS_VERSION_TAG)
         record = ApprovalRecord(

@@ -172,7 +172,7 @@ def test_records_forged_by_an_editor_do_not_verify_nor_promote(prompt, act_as):
         "mlflow_lite_status": "approved",
     })
     assert production_version(prompt) == 2  # MLflow lets EDIT do this; verifying is what catches it
-    with pytest.raises(ml.UnverifiedApprovalError, match="approve_prompt did not write it") as exc:
+    with pytest.raises(ml.UnverifiedApprovalError, match="it is unsigned") as exc:
         ml.verify_approval(prompt, alias="production")
     assert (exc.value.name, exc.value.version) == (prompt, 2)
     # The owner's genuine signature, replayed onto another version.
