@@ -76,12 +76,15 @@ Whenever the server itself refuses a call (403, or 401 for bad credentials), the
 **Signed approvals.** Since EDIT users can write version tags, tags alone prove nothing: anyone
 with EDIT can write ``mlflow_lite_status=approved`` and an approver's name. So ``approve_prompt``
 signs its record with HMAC-SHA256 under the key in ``MLFLOW_LITE_APPROVAL_KEY`` (at least 32
-bytes, e.g. ``python -c 'import secrets; print(secrets.token_hex(32))'``), over the prompt name,
+bytes, e.g. ``python -c 'import secrets; print(secrets.token_hex(32))'``; when it is not set, the key
+file ``~/.mlflow-lite/approval.key`` or ``$MLFLOW_LITE_APPROVAL_KEY_FILE``, created with a random key
+readable by its owner only on first use), over the prompt name,
 version, alias, approver, time, proposer, previous version, comment, whether the server checked
 the permission, and a SHA-256 of the approved content (the template and its
 ``mlflow_lite_validate`` rules). The key lives only in the environment of the approvers and of
 the services that verify approvals (never in MLflow, never with editors); HMAC is symmetric, so
-whoever holds the key can sign. Without a key nothing is approved: ``approve_prompt``,
+whoever holds the key can sign, and a record signed on one host verifies elsewhere only where the
+same key is configured. A key shorter than 32 bytes approves nothing: ``approve_prompt``,
 ``verify_approval`` and ``promote_prompt`` raise :class:`ApprovalKeyError` before any change, so
 no approval exists that could not be told from a forgery. ``verify_approval`` raises
 :class:`UnverifiedApprovalError` for a record that is missing, unsigned, altered or signed with
@@ -116,8 +119,10 @@ import hmac
 import json
 import logging
 import os
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
@@ -152,6 +157,7 @@ _WORKFLOW_TAGS = frozenset({
 })
 
 APPROVAL_KEY_ENV = "MLFLOW_LITE_APPROVAL_KEY"
+APPROVAL_KEY_FILE_ENV = "MLFLOW_LITE_APPROVAL_KEY_FILE"
 _MIN_KEY_BYTES = 32  # HMAC-SHA256's own output size: a shorter key is weaker than the MAC
 # Names the algorithm and the layout of the signed fields, so either can change without old
 # records verifying under new rules.
@@ -563,17 +569,52 @@ def _now() -> datetime:
 
 
 def _approval_key() -> bytes:
-    """The HMAC key from the environment; ApprovalKeyError, saying how to set it, if it is missing
-    or short (approving unsigned would leave records no one can tell from forgeries)."""
+    """The HMAC key: ``MLFLOW_LITE_APPROVAL_KEY``, else the key file (created on first use, so
+    approvals work out of the box on one host). ApprovalKeyError, saying how to set it, for a short
+    key: approving unsigned would leave records no one can tell from forgeries."""
     key = os.environ.get(APPROVAL_KEY_ENV, "").strip().encode()
+    source = APPROVAL_KEY_ENV
+    if not key:
+        path = approval_key_path()
+        key, source = _key_from_file(path), str(path)
     if len(key) < _MIN_KEY_BYTES:
-        problem = "is not set" if not key else f"holds {len(key)} bytes, fewer than {_MIN_KEY_BYTES}"
         raise ApprovalKeyError(
-            f"{APPROVAL_KEY_ENV} {problem}: approvals are signed with it and verified against it. Set it to "
-            f"a random secret of at least {_MIN_KEY_BYTES} bytes (python -c 'import secrets; "
-            "print(secrets.token_hex(32))') in the environment of the approvers and of the services that "
-            "verify approvals only, never in MLflow nor for editors"
+            f"The approval key in {source} holds {len(key)} bytes, fewer than {_MIN_KEY_BYTES}: approvals are "
+            f"signed with it and verified against it. Set {APPROVAL_KEY_ENV} to a random secret of at least "
+            f"{_MIN_KEY_BYTES} bytes (python -c 'import secrets; print(secrets.token_hex(32))') in the "
+            "environment of the approvers and of the services that verify approvals only, never in MLflow "
+            "nor for editors"
         )
+    return key
+
+
+def approval_key_path() -> Path:
+    """``$MLFLOW_LITE_APPROVAL_KEY_FILE``, else ``~/.mlflow-lite/approval.key`` (beside the budget
+    ledger): the key used when ``MLFLOW_LITE_APPROVAL_KEY`` is not set."""
+    configured = os.environ.get(APPROVAL_KEY_FILE_ENV)
+    return Path(configured) if configured else Path.home() / ".mlflow-lite" / "approval.key"
+
+
+def _key_from_file(path: Path) -> bytes:
+    """Read the key file, creating it with a random key, readable by its owner only, if missing."""
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32).encode()
+    try:
+        # O_EXCL: of two processes creating it at once, one writes and both use its key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    logger.warning(
+        "Created the approval key %s (%s is not set). Approvals signed here verify only where the same key "
+        "is configured: set %s to its content for other hosts and services.",
+        path, APPROVAL_KEY_ENV, APPROVAL_KEY_ENV,
+    )
     return key
 
 

@@ -239,25 +239,43 @@ def test_promote_prompt_moves_an_alias_to_a_verified_approval_only(prompt, act_a
 # -- the key --
 
 
-@pytest.mark.parametrize("value, problem", [(None, "is not set"), ("short-key", "fewer than 32")])
-def test_without_a_usable_key_nothing_is_approved_nor_verified(monkeypatch, value, problem):
+def test_a_short_key_approves_nothing_and_verifies_nothing(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
     name = unique()
     register_template(name, TEXT_V1, alias="production")
     propose_prompt(name, TEXT_V2)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
-    if value is None:
-        monkeypatch.delenv("MLFLOW_LITE_APPROVAL_KEY")
-    else:
-        monkeypatch.setenv("MLFLOW_LITE_APPROVAL_KEY", value)
+    monkeypatch.setenv("MLFLOW_LITE_APPROVAL_KEY", "short-key")
     for call in (lambda: approve_prompt(name, 2), lambda: ml.verify_approval(name, 1),
                  lambda: ml.promote_prompt(name, 1)):
         with pytest.raises(ml.ApprovalKeyError) as exc:
             call()
-        assert problem in str(exc.value)
+        assert "fewer than 32" in str(exc.value)
         assert "MLFLOW_LITE_APPROVAL_KEY" in str(exc.value) and "secrets.token_hex(32)" in str(exc.value)
     assert production_version(name) == 1
     assert version_tags(name, 2)["mlflow_lite_status"] == "pending"
+
+
+def test_without_a_configured_key_a_private_key_file_is_made_and_used(monkeypatch, tmp_path):
+    """The README's approve_prompt works as written with no key set: a random key is created once,
+    readable by its owner only, and a record verifies only against that key."""
+    key_file = tmp_path / "keys" / "approval.key"
+    monkeypatch.delenv("MLFLOW_LITE_APPROVAL_KEY")
+    monkeypatch.setenv("MLFLOW_LITE_APPROVAL_KEY_FILE", str(key_file))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    name = unique()
+    propose_prompt(name, TEXT_V1)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
+    approve_prompt(name, 1)
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = key_file.read_text()
+    assert len(key) >= 32 and not any(key in value for value in version_tags(name, 1).values())
+    assert ml.verify_approval(name, 1).approved_by == "bob"
+    monkeypatch.setenv("MLFLOW_LITE_APPROVAL_KEY_FILE", str(tmp_path / "other.key"))  # another host's key
+    with pytest.raises(ml.UnverifiedApprovalError, match="signed with a key other than"):
+        ml.verify_approval(name, 1)
+    monkeypatch.setenv("MLFLOW_LITE_APPROVAL_KEY", key)  # the same key, shared through the environment
+    assert ml.verify_approval(name, 1).approved_by == "bob"
 
 
 def test_no_key_is_written_to_mlflow(monkeypatch):
