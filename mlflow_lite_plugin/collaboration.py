@@ -215,8 +215,8 @@ class SelfApprovalError(PermissionDeniedError):
 
 
 class ApprovalKeyError(MlflowLiteError):
-    """No usable approval key in ``MLFLOW_LITE_APPROVAL_KEY``: approvals are neither signed nor
-    verified without one."""
+    """The approval key (``MLFLOW_LITE_APPROVAL_KEY`` or the key file) is too short: approvals are
+    neither signed nor verified with it."""
 
 
 class UnverifiedApprovalError(MlflowLiteError):
