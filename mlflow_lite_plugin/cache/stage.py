@@ -11,8 +11,9 @@ from ..pipeline import Call, Stage
 from ..attachments import has_images
 from ..response import Response, usage_dict
 from ..validation_stage import check_answer
-from .backends import BackendSkipped, CacheBackend
+from .backends import BackendSkipped, CacheBackend, RedisBackend
 from .keys import exact_key, scope_key
+from .singleflight import Lease, SingleFlight
 from .stats import CacheStats
 
 if TYPE_CHECKING:
@@ -139,27 +140,69 @@ class ExactCacheStage(CacheStage):
     kind = "exact"
     order = 300
 
-    def __init__(self, backend: CacheBackend, **rules: Any):
+    def __init__(self, backend: CacheBackend, single_flight: SingleFlight | None = None, **rules: Any):
         super().__init__(**rules)
         self.backend = backend
+        # Identical misses in flight at once make one provider call (singleflight.py); across
+        # processes too when they share a Redis cache.
+        self.flights = single_flight or SingleFlight(backend._redis if isinstance(backend, RedisBackend) else None)
 
     def before(self, call: Call) -> Response | None:
+        key, response = self._lookup(call)
+        if response is not None or key is None:
+            return response
+        return self._joined(call, key, *self.flights.join(key, self._reader(call, key)))
+
+    async def abefore(self, call: Call) -> Response | None:
+        key, response = self._lookup(call)
+        if response is not None or key is None:
+            return response
+        return self._joined(call, key, *await self.flights.ajoin(key, self._reader(call, key)))
+
+    def _lookup(self, call: Call) -> tuple[str | None, Response | None]:
+        """``(key, hit)``; ``(key, None)``: a miss that may join a flight; ``(None, None)``: the
+        cache does not apply."""
         if not self.applies(call):
-            return None
+            return None, None
         key = call.state["exact_key"] = exact_key(call)
         entry = self.guarded("lookup", self.backend.get, key, call=call)
-        if entry is None or not self.usable(call, entry):
+        if entry is not None and self.usable(call, entry):
+            return key, self.hit(call, entry, key=key[:16])
+        if call.request.stream:  # a stream wants its first tokens now, not after another call
             self.miss(call)
-            return None
-        return self.hit(call, entry, key=key[:16])
+            return None, None
+        return key, None
+
+    def _reader(self, call: Call, key: str) -> Any:
+        return lambda: self.guarded("lookup", self.backend.get, key, call=call)
+
+    def _joined(self, call: Call, key: str, entry: dict[str, Any] | None, lease: Lease | None) -> Response | None:
+        if lease is not None:
+            call.state["flight"] = lease  # released in after/on_error, once this call has ended
+        if entry is not None and self.usable(call, entry):
+            return self.hit(call, entry, key=key[:16], coalesced=True)
+        self.miss(call)
+        return None
 
     def after(self, call: Call, response: Response) -> None:
-        super().after(call, response)
-        # A semantic hit is the answer to this exact question too: keep it here, so the next
-        # identical question skips the embedding.
-        entry = call.state.get("semantic_entry")
-        if response.cached == "semantic" and entry and "exact_key" in call.state and self.applies(call):
-            self.guarded("store", self.backend.set, call.state["exact_key"], entry, self.ttl, call=call)
+        try:
+            super().after(call, response)
+            # A semantic hit is the answer to this exact question too: keep it here, so the next
+            # identical question skips the embedding.
+            entry = call.state.get("semantic_entry")
+            if response.cached == "semantic" and entry and "exact_key" in call.state and self.applies(call):
+                self.guarded("store", self.backend.set, call.state["exact_key"], entry, self.ttl, call=call)
+        finally:
+            self._land(call)
+
+    def on_error(self, call: Call, error: BaseException) -> None:
+        self._land(call)
+
+    def _land(self, call: Call) -> None:
+        """End this call's flight, if it led one: its waiters read the cache (or call themselves)."""
+        lease = call.state.pop("flight", None)
+        if lease is not None:
+            self.flights.release(lease)
 
     def store(self, call: Call, response: Response) -> None:
         if "exact_key" in call.state:  # the lookup ran (a stage before it may have answered)

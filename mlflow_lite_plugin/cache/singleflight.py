@@ -1,0 +1,201 @@
+"""Single flight: identical calls in flight at once make one provider call.
+
+Without it, N identical cache misses that arrive together all miss and all pay the provider (10
+distinct prompts in 1000 batch rows made 15 provider calls). With it, the first miss of an
+exact-cache key leads: it calls the provider as usual; the others wait for it and are then
+answered from the cache it filled, as exact hits (``r.cached == "exact"``, ``$0``: they did not
+pay). Coalescing is keyed on the exact-cache key and only where the exact cache applies, because
+only there is one answer interchangeable with the other.
+
+- **In one process** (threads and asyncio tasks alike) the waiters wait on the leader's flight.
+- **Across replicas**, when the exact cache is Redis, the leader of each process also takes a
+  short Redis lock (``SET NX PX``) on the key; a process that finds it taken polls the cache key
+  for the answer instead of calling, until the lock is gone or ``wait`` seconds have passed.
+- **A failed leader** (an error, a stream stopped early, an answer that is not cacheable) hands
+  nothing on: its waiters then each make their own call, with their own retries and errors, so one
+  transient error is never fanned out to every waiter. A waiter also goes on by itself after
+  ``wait`` seconds (a leader that hangs, or whose process died holding the Redis lock) and never
+  waits past its request's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator
+
+from .. import deadline
+
+_logger = logging.getLogger(__name__)
+
+Lookup = Callable[[], "dict[str, Any] | None"]
+
+DEFAULT_WAIT = 60.0  # seconds a waiter waits for a leader before it calls by itself
+_POLL_FIRST, _POLL_MAX = 0.005, 0.1  # seconds between two polls of the Redis cache key
+# Deletes the lock only if it still holds our token (it may have expired and been retaken).
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+@dataclass
+class _Flight:
+    """One key's call in flight in this process; its waiters are threads or asyncio futures."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.done.set()
+            futures, self.futures = self.futures, []
+        for loop, future in futures:
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # that loop has closed: its waiter is gone
+                pass
+
+    async def wait_async(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self.lock:
+            if self.done.is_set():
+                return
+            self.futures.append((loop, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            pass
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dataclass
+class Lease:
+    """What a leader holds until its call ends: its flight here, and the Redis lock if taken."""
+
+    key: str
+    flight: _Flight
+    token: str | None = None
+
+
+class SingleFlight:
+    """The in-flight calls of one exact cache. ``redis``: the cache's Redis client, to coalesce
+    across processes too; ``lock_ttl``: how long a Redis lock outlives a leader that died."""
+
+    def __init__(self, redis: Any = None, *, wait: float = DEFAULT_WAIT, lock_ttl: float = DEFAULT_WAIT,
+                 prefix: str = "mlflow_lite:flight:"):
+        self.redis = redis
+        self.wait = wait
+        self.lock_ttl = lock_ttl
+        self.prefix = prefix
+        self._flights: dict[str, _Flight] = {}
+        self._lock = threading.Lock()
+
+    # -- the two ways in: each returns (a leader's answer, None) or (None, a lease or None) --
+
+    def join(self, key: str, lookup: Lookup) -> tuple[dict[str, Any] | None, Lease | None]:
+        """Lead the call of ``key`` (returns a lease to :meth:`release`), or wait for its leader
+        and return the answer it stored (``lookup`` reads the cache). ``(None, None)``: no
+        answer came; call by yourself."""
+        flight, leader = self._enter(key)
+        if not leader:
+            flight.done.wait(self._wait_time())
+            return lookup(), None
+        steps = self._lead(Lease(key, flight), lookup)
+        try:
+            while True:
+                time.sleep(next(steps))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def ajoin(self, key: str, lookup: Lookup) -> tuple[dict[str, Any] | None, Lease | None]:
+        """:meth:`join` for asyncio: waiting never blocks the event loop."""
+        flight, leader = self._enter(key)
+        if not leader:
+            await flight.wait_async(self._wait_time())
+            return lookup(), None
+        steps = self._lead(Lease(key, flight), lookup)
+        try:
+            while True:
+                await asyncio.sleep(next(steps))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def release(self, lease: Lease) -> None:
+        """End the leader's flight (after it stored its answer, or failed): wake its waiters."""
+        with self._lock:
+            if self._flights.get(lease.key) is lease.flight:
+                del self._flights[lease.key]
+        lease.flight.finish()
+        if lease.token is not None:
+            try:
+                self.redis.eval(_RELEASE, 1, self.prefix + lease.key, lease.token)
+            except Exception as exc:  # the lock then expires by itself
+                _logger.warning("single flight: releasing the Redis lock failed: %s", exc)
+
+    # -- internals --
+
+    def _enter(self, key: str) -> tuple[_Flight, bool]:
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return flight, False
+            flight = self._flights[key] = _Flight()
+            return flight, True
+
+    def _wait_time(self) -> float:
+        left = deadline.remaining()
+        return self.wait if left is None else max(0.0, min(self.wait, left))
+
+    def _lead(self, lease: Lease, lookup: Lookup) -> Generator[float, None, tuple[dict[str, Any] | None, Lease | None]]:
+        """This process leads ``lease.key``; with Redis, find out whether another process does.
+        Yields the seconds to sleep between two polls (the caller sleeps: thread or asyncio)."""
+        if self.redis is None:
+            return None, lease
+        answer, held = self._try_lock(lease, lookup)
+        started = time.monotonic()
+        delay = _POLL_FIRST
+        while answer is None and held is None:
+            if time.monotonic() - started >= self._wait_time():
+                return None, lease  # waited long enough: call, still leading this process
+            yield delay
+            delay = min(delay * 2, _POLL_MAX)
+            answer, held = self._poll(lease, lookup)
+        return answer, held
+
+    def _try_lock(self, lease: Lease, lookup: Lookup) -> tuple[dict[str, Any] | None, Lease | None]:
+        """Take the Redis lock (lead every process), or find that another process leads:
+        ``(None, None)`` then means "poll"."""
+        token = uuid.uuid4().hex
+        try:
+            taken = self.redis.set(self.prefix + lease.key, token, nx=True, px=max(1, int(self.lock_ttl * 1000)))
+        except Exception as exc:  # Redis down: coalesce in this process only
+            _logger.warning("single flight: the Redis lock is unavailable (coalescing in this process only): %s", exc)
+            return None, lease
+        if taken:
+            lease.token = token
+            return None, lease
+        return self._poll(lease, lookup)
+
+    def _poll(self, lease: Lease, lookup: Lookup) -> tuple[dict[str, Any] | None, Lease | None]:
+        """Another process leads: its answer, once stored, ends this process's flight too."""
+        answer = lookup()
+        if answer is None:
+            try:
+                held = self.redis.exists(self.prefix + lease.key)
+            except Exception:
+                held = False
+            if held:
+                return None, None  # still in flight there: poll again
+            answer = lookup()  # it may have stored its answer just before it released
+            if answer is None:
+                return None, lease  # it failed: this process calls by itself
+        self.release(lease)  # wake this process's waiters: the answer is in the cache
+        return answer, None
