@@ -33,6 +33,7 @@ latency, tokens, cache, validation, trace id, error) instead of strings.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -67,10 +68,14 @@ from mlflow.utils.model_utils import _get_flavor_configuration, _validate_and_pr
 from mlflow.utils.requirements_utils import _get_pinned_requirement
 
 from . import credentials
+from . import deadline
+from .batch import gather_bounded, run_sync
 from .client import Client
+from .deadline import DeadlineExceededError
 from .errors import MlflowLiteError
 from .request import build_request
 from .response import Response
+from .serving import ServingLimits, saved_settings
 
 FLAVOR_NAME = "mlflow_lite"
 CONFIG_FILE = "mlflow_lite.yaml"
@@ -126,6 +131,7 @@ def save_model(
     max_attempts: int | None = None,
     rate_limit: Mapping[str, Any] | None = None,
     budget: Mapping[str, Any] | None = None,
+    serving: Mapping[str, Any] | None = None,
     signature: ModelSignature | None = None,
     input_example: Any = None,
     mlflow_model: Model | None = None,
@@ -141,6 +147,8 @@ def save_model(
     ``completion_params`` is the same, used by :func:`log_model` (``Model.log`` keeps ``params=``
     for the logged model's own parameters). ``cache``/``semantic_cache``/``rate_limit``/``budget``
     are the keywords of ``set_cache``/``set_semantic_cache``/``set_rate_limit``/``set_budget``.
+    ``serving`` sets a served model's limits: ``max_request_bytes``, ``max_row_chars``, ``timeout``
+    (seconds; see :mod:`.serving`).
     """
     _validate_env_arguments(conda_env, pip_requirements, extra_pip_requirements)
     _refuse_credentials({
@@ -151,6 +159,8 @@ def save_model(
         model, prompt, system, {**(params or {}), **(completion_params or {})}, fallbacks, num_retries,
         aliases, cache, semantic_cache, cache_data, validate, on_fail, max_attempts, rate_limit, budget,
     )
+    if serving is not None:
+        config["serving"] = saved_settings(serving)
     app = LiteModel(config)  # builds the client now: bad settings fail before anything is written
     if cache_data is not None:
         app.warm(cache_data)
@@ -340,6 +350,8 @@ class LiteModel:
         self.config = config
         self.variables: list[str] = list(config.get("variables") or prompt_variables(config["prompt"]))
         self.client = _client(config, root)
+        self.served = _SERVED_BY_MLFLOW in os.environ
+        self.limits = ServingLimits.from_settings(config.get("serving"), os.environ)
 
     @classmethod
     def load(cls, config_path: Path) -> LiteModel:
@@ -358,13 +370,15 @@ class LiteModel:
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> list[str] | pd.DataFrame:
         params = dict(params or {})
         details = bool(params.pop("return_details", False))
-        rows = self._rows(model_input)
+        rows = self._checked_rows(model_input)
         overrides = {k: v for k, v in params.items() if v is not None}
         calls = [self._call_kwargs(row, i, overrides) for i, row in enumerate(rows)]
-        if len(calls) == 1:
-            results: list[Any] = [self._one(calls[0])]
-        else:
-            results = self.client.batch(calls, max_concurrency=int(self.config.get("max_concurrency", 8)))
+        seconds = self.limits.seconds(self.served, os.environ)
+        with deadline.running(seconds):
+            if len(calls) == 1:
+                results: list[Any] = [self._one(calls[0])]
+            else:
+                results = run_sync(self._answer_rows(calls, seconds))
         if details:
             return pd.DataFrame([_detail(r) for r in results], columns=list(DETAIL_COLUMNS))
         for result in results:
@@ -374,7 +388,7 @@ class LiteModel:
 
     def predict_stream(self, model_input: Any, params: dict[str, Any] | None = None) -> Iterator[str]:
         params = {k: v for k, v in (params or {}).items() if v is not None and k != "return_details"}
-        rows = self._rows(model_input)
+        rows = self._checked_rows(model_input)
         if len(rows) != 1:
             raise _invalid(f"predict_stream takes one input row, got {len(rows)}")
         kwargs = self._call_kwargs(rows[0], 0, params)
@@ -416,8 +430,40 @@ class LiteModel:
 
     # -- internals --
 
+    def _checked_rows(self, model_input: Any) -> list[dict[str, Any]]:
+        """The rows of a request, within the serving limits (before any stage or network call)."""
+        frame = self._frame(model_input)
+        if self.served:
+            self.limits.check_request(frame)
+        rows = self._frame_rows(frame)
+        for i, row in enumerate(rows):
+            self.limits.check_row(i, row)
+        return rows
+
+    async def _answer_rows(self, calls: list[dict[str, Any]], seconds: float | None) -> list[Any]:
+        """Every row, ``max_concurrency`` at a time; past the deadline, rows still running are
+        cancelled (their provider requests closed) and rows not started never start."""
+
+        async def one(index: int) -> Response:
+            left = deadline.remaining()
+            if left is None:
+                return await self.client.aquery(**calls[index])
+            try:
+                deadline.check(f"row {index}")
+                return await asyncio.wait_for(self.client.aquery(**calls[index]), left)
+            except (asyncio.TimeoutError, DeadlineExceededError):
+                raise DeadlineExceededError(
+                    f"row {index} was not answered within the request's deadline of {seconds:g} s"
+                ) from None
+
+        concurrency = int(self.config.get("max_concurrency", 8))
+        return await gather_bounded(range(len(calls)), one, concurrency, progress=False)  # type: ignore[arg-type]
+
     def _rows(self, model_input: Any, *extra: str) -> list[dict[str, Any]]:
         """The input's rows, as dicts of the prompt's variables (and ``extra`` columns)."""
+        return self._frame_rows(self._frame(model_input), *extra)
+
+    def _frame(self, model_input: Any) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             frame = model_input
         elif isinstance(model_input, str) and len(self.variables) == 1:
@@ -439,6 +485,9 @@ class LiteModel:
                 f"input is missing column(s) {', '.join(map(repr, missing))} needed by the prompt "
                 f"{self.config['prompt']!r}; got columns {list(map(str, frame.columns))}"
             )
+        return frame
+
+    def _frame_rows(self, frame: pd.DataFrame, *extra: str) -> list[dict[str, Any]]:
         # Column by column: DataFrame.to_dict costs ~0.2 ms a call, most of a cached answer.
         names = [*self.variables, *(c for c in extra if c in frame.columns)]
         if not names:  # a prompt without variables: one call per row all the same
@@ -570,7 +619,7 @@ def served_error(error: BaseException) -> MlflowException:
 
     codes = [
         (errors.ArgumentError, "INVALID_PARAMETER_VALUE"),  # 400
-        (errors.ProviderTimeoutError, "DEADLINE_EXCEEDED"),  # 504
+        ((errors.ProviderTimeoutError, DeadlineExceededError), "DEADLINE_EXCEEDED"),  # 504
         ((errors.ProviderRateLimitError, RateLimitExceededError), "REQUEST_LIMIT_EXCEEDED"),  # 429
         (BudgetExceededError, "RESOURCE_EXHAUSTED"),  # 429
         ((errors.ProviderUnavailableError, errors.ProviderConnectionError), "TEMPORARILY_UNAVAILABLE"),  # 503

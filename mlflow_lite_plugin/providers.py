@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Generator, Iterator
 
-from . import credentials, tracing
+from . import credentials, deadline, tracing
 from .errors import ProviderError, from_provider_exception, local_request_error
 from .models import litellm_module
 from .pipeline import chat_inputs
@@ -44,7 +44,7 @@ class Provider:
                 with span.active():
                     raw = litellm_module().completion(**self._kwargs(call, attempt))
             except Exception as exc:
-                time.sleep(plan.failed(attempt, self._failed(span, attempt, exc)))
+                time.sleep(deadline.bound(plan.failed(attempt, self._failed(span, attempt, exc))))
                 continue
             return self._answered(call, attempt, span, raw)
         raise AssertionError("unreachable: AttemptPlan raises when exhausted")
@@ -57,7 +57,7 @@ class Provider:
                 with span.active():
                     raw = await litellm_module().acompletion(**self._kwargs(call, attempt))
             except Exception as exc:
-                await asyncio.sleep(plan.failed(attempt, self._failed(span, attempt, exc)))
+                await asyncio.sleep(deadline.bound(plan.failed(attempt, self._failed(span, attempt, exc))))
                 continue
             return self._answered(call, attempt, span, raw)
         raise AssertionError("unreachable: AttemptPlan raises when exhausted")
@@ -73,7 +73,7 @@ class Provider:
                     iterator = iter(chunks)
                     first = next(iterator, None)  # HTTP errors surface here, before any output
             except Exception as exc:
-                time.sleep(plan.failed(attempt, self._failed(span, attempt, exc)))
+                time.sleep(deadline.bound(plan.failed(attempt, self._failed(span, attempt, exc))))
                 continue
             return (yield from self._relay(call, attempt, span, chunks, first, iterator))
         raise AssertionError("unreachable: AttemptPlan raises when exhausted")
@@ -86,6 +86,9 @@ class Provider:
         kwargs.update(model=attempt.model.name, messages=call.messages)
         # Retries are ours (one span each); stop the OpenAI SDK from retrying underneath.
         kwargs.setdefault("max_retries", 0)
+        # A served request's deadline: the HTTP call is abandoned when its answer is no longer wanted.
+        if deadline.remaining() is not None:
+            kwargs["timeout"] = deadline.bound(kwargs.get("timeout"))
         if stream:
             kwargs["stream"] = True
             # LiteLLM then reports the provider's own token counts at the end of every stream.
@@ -95,6 +98,7 @@ class Provider:
         return kwargs
 
     def _start(self, call: Call, attempt: Attempt) -> Span | NullSpan:
+        deadline.check(f"provider attempt {attempt.number} ({attempt.model.name})")
         call.state["answering_model"] = attempt.model
         known = credentials.secret_values(call.request.params)
         call.span.hide(known)  # the key this call uses, masked in its trace whatever it looks like
