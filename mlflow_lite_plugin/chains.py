@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+from . import credentials, tracing
 from .errors import ArgumentError, MlflowLiteError
 from .templates import BUILTIN_TEMPLATES, Template
 
@@ -429,6 +430,7 @@ class _ChainTrace:
 
     root: Any = None
     token: Any = None
+    secrets: tuple[str, ...] = ()  # the steps' and client's keys, masked in the span errors
 
     @classmethod
     def open(cls, client: Any, chain: Chain, scope: Mapping[str, Any]) -> _ChainTrace:
@@ -451,7 +453,8 @@ class _ChainTrace:
             chain.name, parent=parent, inputs=_json_inputs(scope), attributes=attributes, tags=tags,
             experiment_id=experiment_id,
         )
-        return cls(*opened) if opened is not None else cls()
+        known = credentials.secret_values([getattr(client, "defaults", {}), *(s.kwargs for s in chain.steps)])
+        return cls(*opened, tuple(known)) if opened is not None else cls()
 
     @property
     def trace_id(self) -> str | None:
@@ -473,7 +476,7 @@ class _ChainTrace:
         try:
             yield live
         except BaseException as exc:
-            _close_span(live, token, error=exc)
+            _close_span(live, token, error=exc, known=self.secrets)
             raise
         _close_span(live, token)
 
@@ -485,7 +488,7 @@ class _ChainTrace:
         if isinstance(error, ChainStepError):
             _safely(self.root.set_attributes, {ATTR_FAILED_STEP: error.step, ATTR_COST: _total_cost(error.results)})
         outputs = {"output": result.output, "outputs": result.outputs} if result is not None else None
-        _close_span(self.root, self.token, outputs=outputs, error=error)
+        _close_span(self.root, self.token, outputs=outputs, error=error, known=self.secrets)
 
 
 def _record_answer(live: Any, response: Response) -> None:
@@ -522,13 +525,15 @@ def _open_span(
         return None
 
 
-def _close_span(live: Any, token: Any, *, outputs: Any = None, error: BaseException | None = None) -> None:
+def _close_span(
+    live: Any, token: Any, *, outputs: Any = None, error: BaseException | None = None, known: Sequence[str] = ()
+) -> None:
     try:
         from mlflow.tracing.provider import detach_span_from_context
 
         detach_span_from_context(token)
-        if error is not None:
-            live.record_exception(error)
+        if error is not None:  # scrubbed: a step's error may quote its key
+            tracing.record_exception(live, tracing.exception_record(error, known))
         live.end(outputs=outputs)
     except Exception as exc:
         logger.warning("Could not end MLflow span (the chain is not affected): %s", exc)

@@ -221,28 +221,16 @@ class Span:
         self._live.add_event(SpanEvent(name=name, timestamp=timestamp, attributes=attributes))
 
     def error_record(self) -> dict[str, str] | None:
-        """The span's error as MLflow's exception event holds it (type, message, stack trace),
-        every secret scrubbed, the source lines of the trace included."""
-        if self._error_summary is None:
+        """The span's error as MLflow's exception event holds it, scrubbed (:func:`exception_record`)."""
+        if self.error is None:
             return None
-        known = self._trace.known_secrets()
-        return {
-            "type": type(self.error).__name__,
-            "message": credentials.scrub(str(self.error), known),
-            "stacktrace": credentials.scrub("".join(self._error_summary.format()).strip(), known),
-        }
+        return exception_record(self.error, self._trace.secrets, self._error_summary)
 
     def _close_live(self) -> None:
         record = self.error_record()
         if record is not None:
-            # Not MLflow's record_exception: it formats the exception's own, unscrubbed traceback.
-            from mlflow.entities import SpanEvent, SpanStatus, SpanStatusCode
-
             self._live.set_attributes(self.attributes)  # live spans got them unscrubbed
-            self._live.add_event(SpanEvent(name="exception", attributes={
-                "exception.message": record["message"], "exception.type": record["type"],
-                "exception.stacktrace": record["stacktrace"]}))
-            self._live.set_status(SpanStatus(SpanStatusCode.ERROR, f"{record['type']}: {record['message']}"))
+            record_exception(self._live, record)
         if self.parent is None and self._trace.feedback:
             _safely(self._log_feedback)
         self._live.end(outputs=self.outputs, end_time_ns=self.end_ns)
@@ -278,6 +266,31 @@ class Span:
         for child in self.children:
             child._replay()
         self._close_live()
+
+
+def exception_record(
+    error: BaseException, known: Iterable[str] = (), summary: traceback.TracebackException | None = None
+) -> dict[str, str]:
+    """``error`` as MLflow's exception event holds it (type, message, stack trace with its source
+    lines), every secret scrubbed; ``summary``: its traceback as captured earlier."""
+    known = [*known, *credentials.secret_env_values()]
+    summary = summary or traceback.TracebackException.from_exception(error)
+    return {
+        "type": type(error).__name__,
+        "message": credentials.scrub(str(error), known),
+        "stacktrace": credentials.scrub("".join(summary.format()).strip(), known),
+    }
+
+
+def record_exception(live: Any, record: dict[str, str]) -> None:
+    """MLflow's ``span.record_exception`` for a scrubbed :func:`exception_record` (MLflow's own
+    formats the exception's unscrubbed traceback)."""
+    from mlflow.entities import SpanEvent, SpanStatus, SpanStatusCode
+
+    live.add_event(SpanEvent(name="exception", attributes={
+        "exception.message": record["message"], "exception.type": record["type"],
+        "exception.stacktrace": record["stacktrace"]}))
+    live.set_status(SpanStatus(SpanStatusCode.ERROR, f"{record['type']}: {record['message']}"))
 
 
 class CallerLinks(NamedTuple):
@@ -338,8 +351,8 @@ class _Trace:
         self.key: str | None = None  # chosen by a writer that picks the trace id itself
 
     def known_secrets(self) -> list[str]:
-        """What the trace must never show: the call's own secrets and the process's credential
-        environment variables."""
+        """What the trace must never show whatever it looks like: the call's own secrets, and the
+        process's credential environment variables."""
         return [*self.secrets, *credentials.secret_env_values()]
 
     def chosen_experiment_id(self) -> str | None:

@@ -250,6 +250,17 @@ def test_live_spans_are_scrubbed_too(client, echo):
     assert key not in trace and other not in trace
 
 
+def test_chain_spans_record_step_errors_scrubbed(echo):
+    key = "plainword" + uuid.uuid4().hex[:6]
+    chain = ml.Chain([ml.Step("ask", prompt="{input}", model="openai/gpt-4o", api_base=echo.base, api_key=key,
+                              num_retries=0)], client=ml.Client())
+    with pytest.raises(ml.ChainStepError) as failed:
+        chain.run("hi")
+    assert key in str(failed.value)  # the caller's own exception
+    trace = _trace_text(failed.value.trace_id)
+    assert "Incorrect API key provided: [redacted]" in trace and key not in trace
+
+
 # -- logs --
 
 
