@@ -8,7 +8,11 @@ line on a pipe; a child process (``python -m mlflow_lite_plugin.trace_export``, 
 priority so it never slows the requests it traces) writes up to ``MAX_BATCH`` traces with one
 ``log_spans`` call, MLflow's multi-trace ingestion path (the one its OTLP endpoint ``/v1/traces``
 uses), about 10x less CPU per trace. It acknowledges each trace on its stdout, which is when
-``Response.trace_id`` resolves.
+``Response.trace_id`` resolves. It opens each store once, under a lock (``tracing.open_store``):
+several exporters, or an exporter and its server, must not create a fresh store's schema at once.
+A batch that fails is tried again with backoff (``RETRY_ATTEMPTS``), while newer batches go on;
+one that still fails, or that cannot succeed (a store without ``log_spans``), is dropped with a
+warning that counts it.
 
 Traces written this way carry the same spans, attributes, events, tags, request/response previews,
 token usage, cost and feedback, and are linked to the caller's run. Trace metadata is not set
@@ -32,9 +36,9 @@ import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from .tracing import TraceRef, _QueueWriter
+from .tracing import FLUSH_TIMEOUT, MAX_PENDING_TRACES, RETRY_ATTEMPTS, TraceRef, _QueueWriter, open_store, retry_delay
 
 if TYPE_CHECKING:
     from .tracing import Span, _Trace
@@ -116,9 +120,23 @@ def write_now(traces: list[_Trace], warn: Callable[[Exception], None]) -> list[t
             warn(exc)
             written.append((trace, None))
     items = list(records.values())
+    retries = Retries()
+    deadline = time.monotonic() + FLUSH_TIMEOUT
     for start in range(0, len(items), MAX_BATCH):
-        for key, trace_id in write_batch([record for record, _ in items[start:start + MAX_BATCH]]):
-            written.append((records[key][1], trace_id))
+        pending, attempt = [record for record, _ in items[start:start + MAX_BATCH]], 0
+        while pending:
+            attempt += 1
+            acks, failures = write_batch(pending)
+            pending, wait = [], 0.0
+            for failure in failures:
+                delay = retries.failed(failure, attempt, deadline)
+                if delay is None:
+                    acks += [(record["key"], None) for record in failure.records]
+                else:
+                    pending += failure.records
+                    wait = max(wait, delay)
+            written += [(records[key][1], trace_id) for key, trace_id in acks]
+            time.sleep(wait)
     return written
 
 
@@ -234,72 +252,174 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="mlflow-lite trace exporter: %(levelname)s %(message)s")
     out = sys.stdout
     sys.stdout = sys.stderr  # our stdout is the acknowledgement channel: nothing else may print there
-    for batch in _batches(sys.stdin.buffer):
-        for key, trace_id in write_batch(batch):
-            out.write(json.dumps({"key": key, "trace_id": trace_id}) + "\n")
-        out.flush()
+    _Exporter(out).run(_Reader(sys.stdin.buffer))
 
 
-def _batches(stream: Any) -> Iterator[list[dict[str, Any]]]:
-    # Bounded: if writing falls behind, the pipe fills and the parent's bounded queue drops traces.
-    lines: queue.Queue[bytes | None] = queue.Queue(maxsize=4 * MAX_BATCH)
+class _Reader:
+    """Batches of trace records from the pipe: up to ``MAX_BATCH``, waiting ``LINGER_S`` to fill."""
 
-    def read() -> None:
+    def __init__(self, stream: Any) -> None:
+        # Bounded: if writing falls behind, the pipe fills and the parent's bounded queue drops traces.
+        self._lines: queue.Queue[bytes | None] = queue.Queue(maxsize=4 * MAX_BATCH)
+        self.ended = False  # the parent closed the pipe, and all it sent was taken
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
         for line in stream:
-            lines.put(line)
-        lines.put(None)
+            self._lines.put(line)
+        self._lines.put(None)
 
-    threading.Thread(target=read, daemon=True).start()
-    done = False
-    while not done:
-        first = lines.get()
-        if first is None:
-            return
-        batch = [first]
+    def batch(self, timeout: float | None) -> list[dict[str, Any]]:
+        """The next batch; empty when none began within ``timeout`` seconds (None: no limit)."""
+        if self.ended:
+            time.sleep(timeout or 0.0)
+            return []
+        try:
+            first = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        lines: list[bytes] = []
         deadline = time.monotonic() + LINGER_S
-        while len(batch) < MAX_BATCH:
+        line: bytes | None = first
+        while line is not None:
+            lines.append(line)
+            if len(lines) == MAX_BATCH:
+                break
             try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if line is None:
-                done = True
-                break
-            batch.append(line)
+        self.ended = line is None
         records = []
-        for line in batch:
+        for raw in lines:
             try:
-                records.append(json.loads(line))
+                records.append(json.loads(raw))
             except ValueError:
                 _logger.warning("Dropped a malformed trace record")
-        yield records
+        return records
 
 
-def write_batch(records: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
-    """Write the records (one ``log_spans`` per store and experiment); (key, trace id) each."""
+class _Exporter:
+    """The child's loop: writes each batch, tries failed ones again later, acknowledges every trace
+    (with its id, or null once it is given up)."""
+
+    def __init__(self, out: Any) -> None:
+        self._out: Any = out
+        self._retries = Retries()
+        self._waiting: list[tuple[float, int, list[dict[str, Any]]]] = []  # (when, attempts made, records)
+
+    def run(self, reader: _Reader) -> None:
+        while not (reader.ended and not self._waiting):
+            wait = None if not self._waiting else max(0.0, min(when for when, _, _ in self._waiting) - time.monotonic())
+            batch = reader.batch(wait)
+            if batch:
+                self._attempt(batch, 1)
+            now = time.monotonic()
+            due = [item for item in self._waiting if item[0] <= now]
+            self._waiting = [item for item in self._waiting if item[0] > now]
+            for _, attempts, records in due:
+                self._attempt(records, attempts + 1)
+
+    def _attempt(self, records: list[dict[str, Any]], attempt: int) -> None:
+        acks, failures = write_batch(records)
+        for failure in failures:
+            delay = self._retries.failed(failure, attempt)
+            if delay is None:
+                acks += [(record["key"], None) for record in failure.records]
+            else:
+                self._waiting.append((time.monotonic() + delay, attempt, failure.records))
+        acks += self._bound()
+        self._ack(acks)
+
+    def _bound(self) -> list[tuple[str, None]]:
+        """Drop the oldest waiting traces beyond MLFLOW_LITE_MAX_PENDING_TRACES."""
+        dropped: list[tuple[str, None]] = []
+        while sum(len(records) for _, _, records in self._waiting) > MAX_PENDING_TRACES:
+            _, _, records = self._waiting.pop(0)
+            self._retries.dropped += len(records)
+            _logger.warning("Dropped %d trace(s): more than %d waiting to be tried again "
+                            "(MLFLOW_LITE_MAX_PENDING_TRACES; %d dropped in all)",
+                            len(records), MAX_PENDING_TRACES, self._retries.dropped)
+            dropped += [(record["key"], None) for record in records]
+        return dropped
+
+    def _ack(self, acks: list[tuple[str, str | None]]) -> None:
+        if self._out is None or not acks:
+            return
+        try:
+            self._out.write("".join(json.dumps({"key": key, "trace_id": trace_id}) + "\n" for key, trace_id in acks))
+            self._out.flush()
+        except (BrokenPipeError, ValueError):  # the parent is gone: keep writing what it gave us
+            self._out = None
+
+
+class Failure(NamedTuple):
+    """Records of one store that were not written, and why."""
+
+    uri: str
+    records: list[dict[str, Any]]
+    error: Exception
+
+
+class PermanentError(RuntimeError):
+    """A write that trying again cannot fix."""
+
+
+# MLflow error codes of requests that are wrong, not unlucky (a 4xx other than 429).
+_PERMANENT_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED",
+                              "UNAUTHENTICATED", "BAD_REQUEST", "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED"})
+
+
+class Retries:
+    """Decides, for each failed write, whether to try again, and counts what is given up."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def failed(self, failure: Failure, attempt: int, deadline: float = float("inf")) -> float | None:
+        """After the ``attempt``-th failure of ``failure.records``: seconds to wait before the next
+        try, or None if they are given up (a permanent error, or attempts or ``deadline`` used up),
+        which is logged and counted."""
+        n, error = len(failure.records), failure.error
+        permanent = isinstance(error, PermanentError) or getattr(error, "error_code", None) in _PERMANENT_CODES
+        delay = retry_delay(attempt)
+        if permanent or attempt >= RETRY_ATTEMPTS or time.monotonic() + delay > deadline:
+            self.dropped += n
+            _logger.warning("Could not write %d trace(s) to %s, dropped after %d attempt(s) (%d dropped in all): %s",
+                            n, failure.uri, attempt, self.dropped, error)
+            return None
+        _logger.warning("Could not write %d trace(s) to %s (attempt %d of %d), trying again in %.1f s: %s",
+                        n, failure.uri, attempt, RETRY_ATTEMPTS, delay, error)
+        return delay
+
+
+def write_batch(records: list[dict[str, Any]]) -> tuple[list[tuple[str, str | None]], list[Failure]]:
+    """Write the records (one ``log_spans`` per store and experiment): (key, trace id) of each
+    trace written, and the groups that failed."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["tracking_uri"], record["experiment_id"]), []).append(record)
     acks: list[tuple[str, str | None]] = []
+    failures: list[Failure] = []
     for (uri, experiment_id), group in groups.items():
         try:
             acks += _write_group(uri, experiment_id, group)
         except Exception as exc:
-            _logger.warning("Could not write %d trace(s) to %s: %s", len(group), uri, exc)
-            acks += [(record["key"], None) for record in group]
-    return acks
+            failures.append(Failure(uri, group, exc))
+    return acks, failures
 
 
 def _write_group(uri: str, experiment_id: str, records: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     from mlflow.entities import Span
     from mlflow.tracing.client import TracingClient
 
+    open_store(uri)
     client = TracingClient(uri)
     spans = [Span.from_dict(d) for record in records for d in mlflow_span_dicts(record)]
     try:
         client.log_spans(experiment_id, spans)
     except NotImplementedError:
-        raise RuntimeError(
+        raise PermanentError(
             f"the tracking store of {uri} does not take span batches (log_spans); "
             "use MLFLOW_LITE_TRACE_EXPORT=thread"
         ) from None
