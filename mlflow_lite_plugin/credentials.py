@@ -65,8 +65,11 @@ class _Pattern:
 
 _PATTERNS = (
     # Up to its end line, or to a quote: the text may be JSON.
-    _Pattern("private_key", r"-----BEGIN[A-Z ]*PRIVATE KEY-----[^\"']*?(?:-----END[A-Z ]*PRIVATE KEY-----|(?=[\"'])|\Z)",
-             hints=("private key",)),
+    _Pattern(
+        "private_key",
+        r"-----BEGIN[A-Z ]*PRIVATE KEY-----[^\"']*?(?:-----END[A-Z ]*PRIVATE KEY-----|(?=[\"'])|\Z)",
+        hints=("private key",),
+    ),
     # The userinfo of any URL: a user name alone may be a key (https://<token>@host).
     _Pattern("url_userinfo", r"(?<=://)[^\s/?#@\[\]\"'<>]+(?=@[^\s@])", hints=("://",)),
     _Pattern("query_secret", rf"[?&;][\w.-]*?{_NAME}=([^&#\s\"'<>]+)", 1, True, ("=",)),
@@ -143,13 +146,15 @@ def find_secrets(text: str, *, known: Iterable[str] = (), thorough: bool = False
     if _ANYTHING.regex.search(lower) is None:
         return _merged(found)
     for pattern in _PATTERNS:
-        found += [Finding(pattern.kind, m.start(pattern.group), m.end(pattern.group)) for m in pattern.finditer(text, lower)]
+        matches = pattern.finditer(text, lower)
+        found += [Finding(pattern.kind, m.start(pattern.group), m.end(pattern.group)) for m in matches]
     for match in _TOKEN.regex.finditer(text):
         token = match.group()
         if _mixed(token) and entropy(token) >= _MIN_ENTROPY:
             found.append(Finding("high_entropy", match.start(), match.end()))
     if thorough:
-        found += [Finding("high_entropy", m.start(), m.end()) for m in _HEX.regex.finditer(text) if entropy(m.group()) >= _MIN_HEX_ENTROPY]
+        hexes = _HEX.regex.finditer(text)
+        found += [Finding("high_entropy", m.start(), m.end()) for m in hexes if entropy(m.group()) >= _MIN_HEX_ENTROPY]
     return _merged(found)
 
 
@@ -169,7 +174,10 @@ def scrub_data(value: Any, known: Iterable[str] = ()) -> Any:
     if isinstance(value, str):
         return scrub(value, known)
     if isinstance(value, Mapping):
-        return {k: REDACTED if isinstance(k, str) and is_secret_name(k) and v else scrub_data(v, known) for k, v in value.items()}
+        return {
+            k: REDACTED if isinstance(k, str) and is_secret_name(k) and v else scrub_data(v, known)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [scrub_data(v, known) for v in value]
     return value

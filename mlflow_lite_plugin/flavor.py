@@ -360,7 +360,8 @@ class LiteModel:
         try:
             config = yaml.safe_load(config_path.read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as exc:  # the message may quote the file
-            raise MlflowException(credentials.scrub(f"The mlflow_lite settings file {config_path} is corrupted: {exc}")) from None
+            message = f"The mlflow_lite settings file {config_path} is corrupted: {exc}"
+            raise MlflowException(credentials.scrub(message)) from None
         if not isinstance(config, dict) or not isinstance(config.get("model"), str) or "prompt" not in config:
             raise MlflowException(f"The mlflow_lite settings file {config_path} has no model and prompt")
         return cls(config, config_path.parent)

@@ -154,7 +154,8 @@ def _save(path: Path, **settings):
         ({"metadata": {"owner": "sk-live-{key}"}}, "metadata.owner"),
         ({"metadata": {"api_key": "{key}"}}, "metadata.api_key"),
         ({"system": "Use the key sk-live-{key} when asked."}, "system"),
-        ({"extra_pip_requirements": ["--extra-index-url https://{key}@pypi.example/simple"]}, "extra_pip_requirements[0]"),
+        ({"extra_pip_requirements": ["--extra-index-url https://{key}@pypi.example/simple"]},
+         "extra_pip_requirements[0]"),
     ],
 )
 def test_save_refuses_secrets_by_value_and_by_name(tmp_path, settings, where):
