@@ -75,7 +75,7 @@ DEFAULT_RESERVATION_TTL = 60.0  # seconds: a lease not renewed for this long is 
 # Seconds a call waits for the reservations of calls in flight to settle before it is refused:
 # long enough for a few LLM answers to come back, short enough not to hang a served request.
 DEFAULT_MAX_WAIT = 30.0
-_POLL = 0.05  # seconds between looks for other processes' settles while waiting
+_POLL = 0.1  # seconds between looks for other processes' settles while waiting
 _RECHECK = 1.0  # seconds: at most this long between retries (nothing announces a lapsed lease)
 DEFAULT_LEDGER_PATH_ENV = "MLFLOW_LITE_BUDGET_PATH"
 _EPSILON = 1e-9  # USD: float sums of many small costs must not refuse a call that fits exactly
