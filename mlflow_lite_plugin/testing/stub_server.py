@@ -10,7 +10,15 @@ code runs with no API key and no internet::
         stub.inject(status=500, every=2, times=10)        # every other request fails, 10 times
 
 Answers are deterministic: ``"Stub answer from <model>: <last user message>"``; token counts are
-whitespace words, so tests can check the usage LiteLLM reports. Every request is recorded.
+whitespace words (or ``tokenizer``'s), so tests can check the usage LiteLLM reports. Every request
+is recorded.
+
+It bills exactly what it returns, like a provider: ``n`` choices (OpenAI) are ``n`` answers whose
+tokens add up in ``usage.completion_tokens``; ``max_tokens`` / ``max_completion_tokens`` (OpenAI,
+Anthropic) and ``options.num_predict`` (Ollama) cut each answer (``finish_reason="length"``). Every
+answer is appended to ``bills`` (a :class:`Bill`): a stream with the text it wrote, also when it
+broke after some text or after the end of its answer (one that broke before is not billed);
+errors are not billed.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
 Reply = Callable[[str, list[dict[str, Any]]], str]
+# Tokens of a message list (the prompt) or of a text (an answer).
+Tokenizer = Callable[[Any], int]
 
 
 def default_reply(model: str, messages: list[dict[str, Any]]) -> str:
@@ -50,6 +60,23 @@ def _images(content: Any) -> int:
 
 def count_words(text: str) -> int:
     return len(text.split())
+
+
+def _word_tokens(value: Any) -> int:
+    """The default tokenizer: whitespace words, plus IMAGE_TOKENS per image part of a prompt."""
+    if isinstance(value, str):
+        return count_words(value)
+    words = sum(count_words(_text(m.get("content"))) for m in value)
+    return words + IMAGE_TOKENS * sum(_images(m.get("content")) for m in value)
+
+
+@dataclass(frozen=True)
+class Bill:
+    """What one answered request was charged, in tokens (``model`` as the request named it)."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
 
 
 @dataclass
@@ -84,11 +111,14 @@ class StubLLMServer:
         latency: float = 0.0,
         chunk_delay: float = 0.0,
         reply: Reply = default_reply,
+        tokenizer: Tokenizer | None = None,
     ):
         self.latency = latency
         self.chunk_delay = chunk_delay
         self.reply = reply
+        self.tokenizer: Tokenizer = tokenizer or _word_tokens
         self.requests: list[RecordedRequest] = []
+        self.bills: list[Bill] = []
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests served at once (concurrency tests)
         self._faults: list[Fault] = []
@@ -134,6 +164,7 @@ class StubLLMServer:
         with self._lock:
             self._faults.clear()
             self.requests.clear()
+            self.bills.clear()
             self.max_in_flight = 0
 
     def requests_to(self, path_suffix: str) -> list[RecordedRequest]:
@@ -155,6 +186,24 @@ class StubLLMServer:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def _bill(self, model: str, prompt_tokens: int, answers: list[str]) -> None:
+        """Charge an answer: the prompt and the text of every choice."""
+        completion = sum(self.tokenizer(text) for text in answers)
+        with self._lock:
+            self.bills.append(Bill(model, prompt_tokens, completion))
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest word prefix of ``text`` within ``max_tokens`` (by ``tokenizer``)."""
+        if self.tokenizer(text) <= max_tokens:
+            return text
+        pieces = list(_pieces(text))
+        kept = ""
+        for piece in pieces:
+            if self.tokenizer(kept + piece) > max_tokens:
+                break
+            kept += piece
+        return kept
 
     def _enter(self) -> None:
         with self._lock:
@@ -229,7 +278,8 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
 
         # -- wire formats --
 
-        def _answer(self, body: dict[str, Any]) -> tuple[str, str, int, int]:
+        def _answer(self, body: dict[str, Any]) -> tuple[str, str, int, int, str]:
+            """Model, answer (cut to the output limit), prompt and completion tokens, finish reason."""
             model = str(body.get("model", "stub"))
             messages = list(body.get("messages") or [])
             if "prompt" in body:  # ollama /api/generate
@@ -238,12 +288,16 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
                 system = body["system"]
                 messages.insert(0, {"role": "system", "content": system if isinstance(system, str) else ""})
             text = stub.reply(model, messages)
-            prompt_tokens = sum(count_words(_text(m.get("content"))) for m in messages)
-            prompt_tokens += IMAGE_TOKENS * sum(_images(m.get("content")) for m in messages)
-            return model, text, prompt_tokens, count_words(text)
+            finish = "stop"
+            limit = _output_limit(body)
+            if limit is not None and stub.tokenizer(text) > limit:
+                text, finish = stub.truncate(text, limit).rstrip(" "), "length"
+            return model, text, stub.tokenizer(messages), stub.tokenizer(text), finish
 
         def _openai(self, body: dict[str, Any], fault: Fault | None) -> None:
-            model, text, prompt_tokens, completion_tokens = self._answer(body)
+            model, text, prompt_tokens, one_answer, finish = self._answer(body)
+            n = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 1 else 1
+            completion_tokens = n * one_answer  # every choice is billed
             usage = {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -252,6 +306,8 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
             ident, created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
             if not body.get("stream"):
                 message = {"role": "assistant", "content": text}
+                choices = [{"index": i, "message": message, "finish_reason": finish} for i in range(n)]
+                stub._bill(model, prompt_tokens, [text] * n)
                 self._json(
                     200,
                     {
@@ -259,38 +315,43 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
                         "object": "chat.completion",
                         "created": created,
                         "model": model,
-                        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                        "choices": choices,
                         "usage": usage,
                     },
                 )
                 return
 
-            def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            def chunk(delta: dict[str, Any], reason: str | None, index: int = 0) -> dict[str, Any]:
                 return {
                     "id": ident,
                     "object": "chat.completion.chunk",
                     "created": created,
                     "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    "choices": [{"index": index, "delta": delta, "finish_reason": reason}],
                 }
 
-            def events() -> Iterator[str]:
-                yield _sse(chunk({"role": "assistant", "content": ""}, None))
+            def events() -> Iterator[tuple[str, int, str | None]]:
+                for i in range(n):
+                    yield _sse(chunk({"role": "assistant", "content": ""}, None, i)), i, ""
                 for piece in _pieces(text):
-                    yield _sse(chunk({"content": piece}, None))
-                yield _sse(chunk({}, "stop"))
+                    for i in range(n):
+                        yield _sse(chunk({"content": piece}, None, i)), i, piece
+                for i in range(n):
+                    yield _sse(chunk({}, finish, i)), i, None
                 if (body.get("stream_options") or {}).get("include_usage"):
                     final = chunk({}, None)
                     final["choices"], final["usage"] = [], usage
-                    yield _sse(final)
-                yield "data: [DONE]\n\n"
+                    yield _sse(final), 0, ""
+                yield "data: [DONE]\n\n", 0, ""
 
-            self._stream("text/event-stream", events(), fault)
+            self._stream("text/event-stream", events(), fault, model, prompt_tokens, n)
 
         def _anthropic(self, body: dict[str, Any], fault: Fault | None) -> None:
-            model, text, prompt_tokens, completion_tokens = self._answer(body)
+            model, text, prompt_tokens, completion_tokens, finish = self._answer(body)
             ident = f"msg_{uuid.uuid4().hex[:12]}"
+            stop_reason = "max_tokens" if finish == "length" else "end_turn"
             if not body.get("stream"):
+                stub._bill(model, prompt_tokens, [text])
                 self._json(
                     200,
                     {
@@ -299,33 +360,33 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
                         "role": "assistant",
                         "model": model,
                         "content": [{"type": "text", "text": text}],
-                        "stop_reason": "end_turn",
+                        "stop_reason": stop_reason,
                         "stop_sequence": None,
                         "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
                     },
                 )
                 return
 
-            def events() -> Iterator[str]:
+            def events() -> Iterator[tuple[str, int, str | None]]:
                 start = {"id": ident, "type": "message", "role": "assistant", "model": model, "content": []}
                 start["stop_reason"] = None
                 start["usage"] = {"input_tokens": prompt_tokens, "output_tokens": 1}
-                yield _sse({"type": "message_start", "message": start}, "message_start")
+                yield _sse({"type": "message_start", "message": start}, "message_start"), 0, ""
                 block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
-                yield _sse(block, "content_block_start")
+                yield _sse(block, "content_block_start"), 0, ""
                 for piece in _pieces(text):
                     delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
-                    yield _sse(delta, "content_block_delta")
-                yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
-                end = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}
+                    yield _sse(delta, "content_block_delta"), 0, piece
+                yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"), 0, ""
+                end = {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}}
                 end["usage"] = {"output_tokens": completion_tokens}
-                yield _sse(end, "message_delta")
-                yield _sse({"type": "message_stop"}, "message_stop")
+                yield _sse(end, "message_delta"), 0, None
+                yield _sse({"type": "message_stop"}, "message_stop"), 0, ""
 
-            self._stream("text/event-stream", events(), fault)
+            self._stream("text/event-stream", events(), fault, model, prompt_tokens)
 
         def _ollama(self, body: dict[str, Any], fault: Fault | None) -> None:
-            model, text, prompt_tokens, completion_tokens = self._answer(body)
+            model, text, prompt_tokens, completion_tokens, finish = self._answer(body)
             chat = self.path.endswith("/api/chat")
             created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -336,19 +397,20 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
                 else:
                     out["response"] = piece
                 if done:
-                    out.update(done_reason="stop", prompt_eval_count=prompt_tokens, eval_count=completion_tokens)
+                    out.update(done_reason=finish, prompt_eval_count=prompt_tokens, eval_count=completion_tokens)
                 return out
 
             if body.get("stream") is False:
+                stub._bill(model, prompt_tokens, [text])
                 self._json(200, line(text, True))
                 return
 
-            def lines() -> Iterator[str]:
+            def lines() -> Iterator[tuple[str, int, str | None]]:
                 for piece in _pieces(text):
-                    yield json.dumps(line(piece, False)) + "\n"
-                yield json.dumps(line("", True)) + "\n"
+                    yield json.dumps(line(piece, False)) + "\n", 0, piece
+                yield json.dumps(line("", True)) + "\n", 0, None
 
-            self._stream("application/x-ndjson", lines(), fault)
+            self._stream("application/x-ndjson", lines(), fault, model, prompt_tokens)
 
         # -- transport --
 
@@ -369,25 +431,51 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
             message = f"stub: injected {status}"
             self._json(status, {"error": {"message": message, "type": kind, "code": str(status)}}, headers)
 
-        def _stream(self, content_type: str, parts: Iterator[str], fault: Fault | None) -> None:
+        def _stream(
+            self,
+            content_type: str,
+            parts: Iterator[tuple[str, int, str | None]],
+            fault: Fault | None,
+            model: str,
+            prompt_tokens: int,
+            choices: int = 1,
+        ) -> None:
+            """Send (wire text, choice index, answer text) parts, the text None for the part that
+            ends an answer; bill the answer text written, if any or if the answer ended."""
             self.send_response(200)
             self.send_header("Content-Type", content_type)
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Connection", "close")  # the body ends when the connection does
             self.end_headers()
             self.close_connection = True
+            written, ended = [""] * choices, False
             try:
-                for n, part in enumerate(parts):
+                for n, (part, index, text) in enumerate(parts):
                     if fault and fault.break_stream_after is not None and n >= fault.break_stream_after:
                         return  # drop the connection mid-stream
                     self.wfile.write(part.encode())
                     self.wfile.flush()
+                    written[index] += text or ""
+                    ended = ended or text is None
                     if stub.chunk_delay:
                         time.sleep(stub.chunk_delay)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client stopped reading: fine, that is what early-close tests do
+            finally:
+                if ended or any(written):
+                    stub._bill(model, prompt_tokens, written)
 
     return Handler
+
+
+def _output_limit(body: dict[str, Any]) -> int | None:
+    """The request's cap on answer tokens: OpenAI/Anthropic ``max_tokens`` or
+    ``max_completion_tokens``, Ollama ``options.num_predict``; None when uncapped."""
+    options = body.get("options") if isinstance(body.get("options"), dict) else {}
+    for value in (body.get("max_tokens"), body.get("max_completion_tokens"), options.get("num_predict")):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _pieces(text: str) -> Iterator[str]:
