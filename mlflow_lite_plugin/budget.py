@@ -45,7 +45,9 @@ is. A process that died stops renewing, so its reservations are ignored (and del
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -889,17 +891,86 @@ def _utc_now() -> datetime:
     return datetime.now(dt_timezone.utc)
 
 
-# Upper bound of the tokens a re-ask adds besides the previous answer (the list of its errors).
+# Upper bound of the tokens a re-ask adds besides the answer it quotes and the reply
+# instruction: the message's own wording and the fixed text of its errors.
 REASK_PROMPT_TOKENS = 512
+# Tokens a provider may wrap around each tool/function definition besides its JSON text.
+DEFINITION_OVERHEAD_TOKENS = 16
+
+# Parameters that make a provider answer, and bill, several completions (OpenAI n and best_of,
+# Gemini candidate_count, Cohere num_generations); the largest given counts.
+CHOICE_PARAMS = ("n", "best_of", "candidate_count", "num_generations")
+# Parameters that bound each completion's tokens (OpenAI, Anthropic, Gemini, Hugging Face, Ollama).
+OUTPUT_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "max_new_tokens", "num_predict")
+# Parameters whose content the provider adds to the prompt.
+DEFINITION_PARAMS = ("tools", "functions", "response_format", "tool_choice")
+
+
+def _param_values(call: Call, names: Sequence[str]) -> list[tuple[str, Any]]:
+    """(name, value) of the given parameters, at the top level and in the dicts LiteLLM
+    forwards as they are (``extra_body``, Gemini's ``generation_config``, Ollama's ``options``)."""
+    params = call.request.params
+    scopes = [params] + [
+        params[key] for key in ("extra_body", "generation_config", "generationConfig", "options")
+        if isinstance(params.get(key), dict)
+    ]
+    return [(name, scope[name]) for scope in scopes for name in names if scope.get(name) is not None]
+
+
+def _count(name: str, value: Any) -> int | None:
+    """A whole number >= 1 given for ``name`` (rounded up), None for a value to ignore."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
+        return None
+    try:
+        return math.ceil(value)
+    except (OverflowError, ValueError):  # infinity
+        return None
+
+
+def _choices(call: Call) -> int:
+    """How many completions the provider bills for one attempt (``n=16``: 16)."""
+    counts = [1]
+    for name, value in _param_values(call, CHOICE_PARAMS):
+        count = _count(name, value)
+        if count is None:
+            # A budget cannot bound what it cannot read: refuse before the provider is called.
+            raise ArgumentError(name, f"must be a whole number of completions >= 1, got {value!r}")
+        counts.append(count)
+    return max(counts)
 
 
 def _max_output_tokens(call: Call, model: ModelRef) -> int:
-    params = call.request.params
-    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        value = params.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return _model_output_limit(model.name)
+    """The most tokens one completion may have: the largest limit the call gives, else the
+    model's output limit."""
+    given = [count for name, value in _param_values(call, OUTPUT_PARAMS) if (count := _count(name, value))]
+    return max(given) if given else _model_output_limit(model.name)
+
+
+def _prompt_tokens(call: Call, model: ModelRef) -> int:
+    """Prompt tokens with ``model``'s tokenizer (a fallback's may count more), images included,
+    plus the tool, function and response-format definitions the provider adds to the prompt."""
+    tokens = call.prompt_tokens if model == call.models[0] else call.pricing.count_tokens(model, call.request.messages)
+    for _, value in _param_values(call, DEFINITION_PARAMS):
+        if isinstance(value, str):  # tool_choice="auto"
+            continue
+        items = len(value) if isinstance(value, (list, tuple)) else 1
+        text = json.dumps(value, default=str)
+        tokens += call.pricing.count_tokens(model, text) + DEFINITION_OVERHEAD_TOKENS * items
+    return tokens
+
+
+def _reask_tokens(call: Call, model: ModelRef, out: int) -> int:
+    """The most a re-ask adds to the prompt: the quoted answer, the reply instruction (a JSON
+    Schema is spelled out in it) and the errors, each of which may quote the answer and the
+    schema (up to the validator's listed-error cap for schema errors)."""
+    validator = call.request.validator
+    if validator is None:
+        return 0
+    from .validation import _MAX_SCHEMA_ERRORS, ValidationResult
+
+    instruction = call.pricing.count_tokens(model, validator.repair_prompt(ValidationResult(False, [], [])))
+    quoting = _MAX_SCHEMA_ERRORS if "schema" in validator.describe() else 1
+    return out + instruction + REASK_PROMPT_TOKENS + quoting * (out + instruction)
 
 
 _output_limits: dict[str, int] = {}
@@ -994,19 +1065,31 @@ class BudgetStage(Stage):
     # -- worst case --
 
     def worst_case(self, call: Call) -> tuple[float, list[str]]:
-        """The most this call can cost (USD), and the models among its candidates with no price."""
-        costs, unpriced = [], []
+        """The most this call can cost (USD), and the models among its candidates with no price.
+
+        Each answer (the first, then each re-ask after a failed validation) may come from any
+        model of the chain: the bound adds up, answer by answer, the dearest model's bill, at its
+        highest rates (``Pricing.highest_price``), for every completion it may return
+        (``n``...), each of the most tokens allowed, after a prompt of the messages, images and
+        definitions, grown by the re-asks before it. Raises :class:`ArgumentError` for a
+        completion count it cannot read."""
+        choices = _choices(call)
+        bounds: list[tuple[int, int, int, Any]] = []  # (prompt, output, re-ask growth, price)
+        unpriced = []
         for model in call.models:
-            price = call.pricing.price(model)
+            price = call.pricing.highest_price(model)
             if price is None:
                 unpriced.append(model.name)
                 continue
             out = _max_output_tokens(call, model)
-            # Each re-ask after a failed validation resends the conversation so far: the last
-            # answer and the list of its errors are added to the prompt.
-            grown = (call.prompt_tokens + k * (out + REASK_PROMPT_TOKENS) for k in range(call.request.max_answers))
-            costs.append(sum(price.cost(prompt, out) for prompt in grown))
-        return (max(costs) if costs else 0.0), unpriced
+            reask = _reask_tokens(call, model, out) if call.request.max_answers > 1 else 0
+            bounds.append((_prompt_tokens(call, model), out, reask, price))
+        total = 0.0
+        for k in range(call.request.max_answers):
+            total += max(
+                (price.cost(prompt + k * reask, choices * out) for prompt, out, reask, price in bounds), default=0.0
+            )
+        return total, unpriced
 
     # -- hooks --
 

@@ -8,6 +8,7 @@ warning per model, never a silent $0.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -35,11 +36,18 @@ FREE = Price(0.0, 0.0)
 # Runtimes on your own machine: $0 per token unless you set a price (for your hardware, say).
 LOCAL_PROVIDERS = frozenset({"ollama", "ollama_chat", "llamafile", "lm_studio"})
 
+# Per-token rates of LiteLLM's price map that a call can be billed at besides the base price:
+# long-context tiers (input_cost_per_token_above_200k_tokens), priority processing, cache writes
+# (cache_creation_input_token_cost), audio/image/reasoning tokens.
+_INPUT_RATE = re.compile(r"^(input_cost_per_(\w+_)?token|cache_creation_input(_\w+)?_token_cost)(_\w+)?$")
+_OUTPUT_RATE = re.compile(r"^output_cost_per_(\w+_)?token(_\w+)?$")
+
 
 class Pricing:
     def __init__(self) -> None:
         self._overrides: dict[str, Price] = {}
         self._unknown: set[str] = set()
+        self._highest: dict[str, Price] = {}
         self._lock = threading.Lock()
 
     def set_price(self, model: ModelRef, input_per_million: float, output_per_million: float) -> None:
@@ -69,6 +77,30 @@ class Pricing:
             self._warn_unknown(model)
             return None
         return Price(float(input_cost), float(output_cost))
+
+    def highest_price(self, model: ModelRef) -> Price | None:
+        """The most ``model`` can charge per token (None when its price is unknown): the highest
+        input and output rates of LiteLLM's price map (long-context tiers, priority, cache writes,
+        audio/image/reasoning tokens), so a worst case bounds every bill. A price set with
+        ``set_model_price`` is the price."""
+        price = self.price(model)
+        if price is None or price is FREE or model.name in self._overrides or model.requested in self._overrides:
+            return price
+        highest = self._highest.get(model.name)
+        if highest is None:
+            inputs, outputs = [price.input], [price.output]
+            try:
+                info = litellm_module().get_model_info(model=model.name)
+            except Exception:
+                info = {}
+            for key, value in (info or {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    if _INPUT_RATE.match(key):
+                        inputs.append(float(value))
+                    elif _OUTPUT_RATE.match(key):
+                        outputs.append(float(value))
+            highest = self._highest[model.name] = Price(max(inputs), max(outputs))
+        return highest
 
     def breakdown(
         self, model: ModelRef, prompt_tokens: int, completion_tokens: int, raw: Any = None
