@@ -1145,7 +1145,9 @@ class BudgetStage(Stage):
         self._settle(call, call.spent)
 
     def on_error(self, call: Call, error: BaseException) -> None:
-        self._settle(call, call.spent + self._streamed_cost(call))
+        # call.spent: the answered attempts, and the text a broken stream delivered (the
+        # pipeline adds it before this hook runs); the trace records the same figure.
+        self._settle(call, call.spent)
 
     # -- internals --
 
@@ -1208,18 +1210,6 @@ class BudgetStage(Stage):
         call.span.set_attributes({"mlflow_lite.budget.refused": True, "mlflow_lite.budget.scope": error.scope})
         self._fire(call, error.scope, period, error.limit, error.spent, refused=True)
         return error
-
-    @staticmethod
-    def _streamed_cost(call: Call) -> float:
-        """What a stream that broke mid-answer already cost (not in ``call.spent``)."""
-        if not call.request.stream or not call.parts or "partial" in call.state:
-            return 0.0
-        try:
-            model = call.state.get("answering_model", call.models[0])
-            completion = call.pricing.count_tokens(model, "".join(call.parts))
-            return call.pricing.cost(model, call.prompt_tokens, completion) or 0.0
-        except Exception:
-            return 0.0
 
     def _settle(self, call: Call, actual: float) -> None:
         held: _Held | None = call.state.pop(self.name, None)

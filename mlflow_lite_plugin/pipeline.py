@@ -17,6 +17,9 @@ A stage is an object with ``order`` (where it sits) and any of these hooks:
   (like an onion): the stage that looked first stores last, so validation sees an answer before
   the caches store it, and the ledger settles after both.
 - ``on_error(call, error)``: runs when the call fails, to release what ``before`` took.
+  ``call.spent`` then holds what the failed call was billed: answered attempts, and the text
+  a broken stream delivered (a failure before any answer costs $0); the trace's
+  ``mlflow_lite.cost_usd`` says the same.
 - ``reask(call, response)``: after each provider answer; returning True asks the provider again
   (the stage has added follow-up messages to ``call.followups``): validation's ``on_fail="retry"``.
 - ``on_chunk(call, chunk)``: each streamed chunk, before the caller gets it; raising
@@ -167,16 +170,25 @@ class Pipeline:
         return self._finish(call, response)
 
     def stream(self, call: Call) -> Generator[str, None, Response]:
+        relaying = False  # the provider is streaming: text it delivered is billed if it breaks
         try:
             response = self._before(call)
-            source = self._replay(call, response) if response is not None else self.provider.stream(call)
+            if response is not None:
+                call.state["replayed"] = True  # a cache hit: its text costs nothing
+                source = self._replay(call, response)
+            else:
+                source = self.provider.stream(call)
+            relaying = True
             response = yield from self._relay(call, source)
+            relaying = False
             if response is not None:
                 self._after(call, response)
         except GeneratorExit:
             self.close_stream(call)
             raise
         except BaseException as error:
+            if relaying:
+                call.attempt_costs.append(self._streamed(call)[1])
             self._fail(call, error)
             raise
         if response is None:  # a stage stopped the stream
@@ -245,6 +257,7 @@ class Pipeline:
             stage.after(call, response)
 
     def _fail(self, call: Call, error: BaseException) -> None:
+        call.state["failed"] = error  # a stream closed after this has nothing left to record
         for stage in self.stages:
             try:
                 stage.on_error(call, error)
@@ -252,7 +265,9 @@ class Pipeline:
                 call.span.add_event("stage_error", {"stage": stage.name, "error": repr(cleanup_error)})
         if hasattr(error, "_trace"):
             error._trace = call.span.trace_ref
-        call.span.set_attributes({"mlflow_lite.error": f"{type(error).__name__}: {error}"})
+        call.span.set_attributes(
+            {"mlflow_lite.error": f"{type(error).__name__}: {error}", "mlflow_lite.cost_usd": _billed(call)}
+        )
         call.span.end(error=error)
 
     def _finish(self, call: Call, response: Response, stopped_early: bool = False) -> Response:
@@ -285,9 +300,12 @@ class Pipeline:
             raise rejection
         return response
 
-    def close_stream(self, call: Call) -> Response:
+    def close_stream(self, call: Call) -> Response | None:
         """Finish the trace of a stream stopped early (once): by the caller, or by a stage.
-        Returns what it got; a rejection is kept in ``call.state["rejection"]``, never raised."""
+        Returns what it got; a rejection is kept in ``call.state["rejection"]``, never raised.
+        None for a stream that failed: its trace is finished and its cost recorded already."""
+        if "failed" in call.state:
+            return None
         if "partial" not in call.state:
             partial = call.state["partial"] = self._partial_response(call)
             call.attempt_costs.append(partial.cost)
@@ -301,21 +319,37 @@ class Pipeline:
                 call.state["rejection"] = rejection
         return call.state["partial"]
 
+    @staticmethod
+    def _streamed(call: Call) -> tuple[dict[str, int], float | None]:
+        """Usage and USD of the text streamed so far (counted locally: the provider sends its
+        usage only at the end). A stream that delivered no text, or replayed a cache hit, was
+        billed nothing."""
+        if not call.parts or "replayed" in call.state:
+            return usage_dict(0, 0), 0.0
+        model = call.state.get("answering_model", call.models[0])
+        completion_tokens = call.pricing.count_tokens(model, "".join(call.parts))
+        cost = call.pricing.cost(model, call.prompt_tokens, completion_tokens)
+        return usage_dict(call.prompt_tokens, completion_tokens), cost
+
     def _partial_response(self, call: Call) -> Response:
         """The text so far, with tokens and cost counted locally."""
-        text = "".join(call.parts)
         model = call.state.get("answering_model", call.models[0])
-        completion_tokens = call.pricing.count_tokens(model, text) if text else 0
+        usage, cost = self._streamed(call)
         return Response(
-            text=text,
+            text="".join(call.parts),
             model=model.name,
-            usage=usage_dict(call.prompt_tokens, completion_tokens),
-            cost=call.pricing.cost(model, call.prompt_tokens, completion_tokens),
+            usage=usage,
+            cost=cost,
             latency=0.0,
             finish_reason="cancelled",
             provider=model.provider,
             requested_model=call.request.model,
         )
+
+
+def _billed(call: Call) -> float | None:
+    """What a call was billed (``call.spent``), None if an answered attempt has no known price."""
+    return None if any(cost is None for cost in call.attempt_costs) else call.spent
 
 
 def chat_inputs(messages: list[dict[str, Any]], model: str, images: Sequence[Image] = ()) -> dict[str, Any]:

@@ -2,8 +2,11 @@
 and what the cache saved.
 
 Figures are summed over our query/stream spans (``mlflow_lite.cost_usd``, ``.total_tokens``,
-``.cached``, ``.cost_saved_usd``), so chains count every step. Days are UTC. At most
-``MAX_TRACES`` traces are read per request; ``truncated`` says when the window holds more.
+``.cached``, ``.cost_saved_usd``), so chains count every step. Spend is ``mlflow_lite.cost_usd``,
+the figure the budget's ledger is charged: what the provider billed, also for a call that failed
+after paying (answered attempts, the text a broken stream delivered), $0 for one that failed
+before any answer. Days are UTC. At most ``MAX_TRACES`` traces are read per request;
+``truncated`` says when the window holds more.
 """
 
 from __future__ import annotations
@@ -79,15 +82,15 @@ class Figures:
     calls: int = 0
     tokens: int = 0
 
-    def add(self, cost: float, tokens: int) -> None:
+    def add(self, cost: float, tokens: int, answered: bool = True) -> None:
         self.cost += cost
-        self.calls += 1
+        self.calls += answered
         self.tokens += tokens
 
 
 def aggregate(traces: Iterable[Trace], first_day: date, days: int) -> dict[str, Any]:
     """Totals, and spend per day (every day of the window, zero included), model and tag, of the
-    answered calls; calls that failed before answering are counted as ``errors`` only."""
+    answered calls; a call that failed is counted in ``errors``, and what it was billed in spend."""
     by_day = {(first_day + timedelta(days=i)).isoformat(): Figures() for i in range(days)}
     by_model: dict[str, Figures] = defaultdict(Figures)
     by_tag: dict[str, Figures] = defaultdict(Figures)
@@ -98,21 +101,25 @@ def aggregate(traces: Iterable[Trace], first_day: date, days: int) -> dict[str, 
         tags = [f"{k}={v}" for k, v in user_tags(trace.info.tags).items()]
         for span in calls(trace):
             attributes = span.attributes
-            if "mlflow_lite.cost_usd" not in attributes:  # failed before an answer: nothing to count
+            cost = attributes.get("mlflow_lite.cost_usd")
+            # Only a call that returned an answer has its model set (the failed do not).
+            answered = "mlflow_lite.model" in attributes
+            if not answered:
                 extra["errors"] += 1
-                continue
-            cost = attributes["mlflow_lite.cost_usd"]
-            if not isinstance(cost, (int, float)):
+                if not isinstance(cost, (int, float)) or not cost:  # nothing billed
+                    continue
+            elif not isinstance(cost, (int, float)):
                 extra["unpriced_calls"] += 1
                 cost = 0.0
             if attributes.get("mlflow_lite.cached") not in (None, "none"):
                 extra["cache_hits"] += 1
                 extra["cost_saved"] += attributes.get("mlflow_lite.cost_saved_usd") or 0.0
-            groups = [overall, by_model[attributes.get("mlflow_lite.model") or "?"], *(by_tag[t] for t in tags)]
+            model = attributes.get("mlflow_lite.model") or attributes.get("mlflow_lite.requested_model") or "?"
+            groups = [overall, by_model[model], *(by_tag[t] for t in tags)]
             if day in by_day:
                 groups.append(by_day[day])
             for group in groups:
-                group.add(float(cost), attributes.get("mlflow_lite.total_tokens") or 0)
+                group.add(float(cost), attributes.get("mlflow_lite.total_tokens") or 0, answered)
     return {
         "days": days,
         "first_day": first_day.isoformat(),
