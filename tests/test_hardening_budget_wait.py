@@ -80,16 +80,19 @@ def _race(ask, threads: int = 48) -> tuple[list[ml.Response], list[BudgetExceede
 
 
 @pytest.mark.parametrize("ledger_backend", ["sqlite", "redis"])
-def test_48_threads_spend_a_saturated_budget_to_90_percent_never_over(ledger_backend, tmp_path, stub, openai_kw, request):
+def test_48_threads_spend_a_saturated_budget_to_90_percent_never_over(
+    ledger_backend, tmp_path, stub, openai_kw, request
+):
     """The limit is worth 10 worst cases; answers cost ~30% of theirs. Refusing whenever the
     reservations in flight fill the limit spent ~30% of it; waiting for them spends >= 90%."""
     stub.latency = 0.05  # calls overlap
     stub.reply = lambda model, messages: " ".join(["word"] * 30)
     run = uuid.uuid4().hex  # the bucket of this test only (Redis is shared by the session)
     ask_kw = dict(model=STUB_MODEL, prompt="hi", max_tokens=100, tags={"run": run}, **openai_kw)
-    where = {"path": str(tmp_path / "b.db")} if ledger_backend == "sqlite" else {
-        "backend": "redis", "url": request.getfixturevalue("redis_url")
-    }
+    if ledger_backend == "sqlite":
+        where = {"path": str(tmp_path / "b.db")}
+    else:
+        where = {"backend": "redis", "url": request.getfixturevalue("redis_url")}
 
     probe = _priced_client()  # what one call reserves and costs, on a throwaway ledger
     probe.add_stage(probe_stage := BudgetStage(Budget(daily_limit=100.0), SQLiteLedger(tmp_path / "probe.db")))
@@ -264,12 +267,10 @@ def test_a_killed_process_stops_blocking_after_the_ttl(backend):
             ledger.reserve("global", "p", 0.6, 1.0)
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
-        killed_at = time.monotonic()
         time.sleep(ttl + 0.2)  # its last renewal was before the kill
         assert ledger.reserved("global", "p") == 0.0
-        # A call that waited for the dead one's reservation gets in once the lease lapses.
+        # Its money is free for the next call.
         reservation = ledger.reserve_many([("global", "p", 1.0)], 0.6, max_wait=30)
-        assert time.monotonic() - killed_at < 30
         assert ledger.reserved("global", "p") == pytest.approx(0.6)
         ledger.settle(reservation, 0.0)
     finally:
