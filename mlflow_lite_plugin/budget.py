@@ -6,13 +6,10 @@
 
 How a call is accounted (the ``budget`` stage, order 100, before the caches and the provider):
 
-1. ``before``: the call's *worst-case* cost is reserved atomically in the ledger (see
-   :meth:`BudgetStage.worst_case`): the prompt (images, tool and response-format definitions
-   included) plus every completion it may return (``n``, ``best_of``, ``candidate_count``...)
-   of ``max_tokens`` each (the largest of ``max_tokens``/``max_completion_tokens``/...,
-   else the model's ``max_output_tokens`` from LiteLLM's price map, else
-   :data:`DEFAULT_MAX_OUTPUT_TOKENS`), for every answer a validation re-ask may add, each at the
-   highest rate of the dearest model among the primary and its fallbacks. If spent + this reservation would pass a limit, the call
+1. ``before``: the call's *worst-case* cost is reserved atomically in the ledger: prompt tokens
+   plus ``max_tokens`` (else ``max_completion_tokens``, else the model's ``max_output_tokens``
+   from LiteLLM's price map, else :data:`DEFAULT_MAX_OUTPUT_TOKENS`) at the highest price among
+   the primary model and its fallbacks. If spent + this reservation would pass a limit, the call
    is refused at once with :class:`BudgetExceededError` and the provider is never called. If only
    the reservations of calls in flight stand in the way, the call waits (up to ``max_wait``
    seconds) for them to settle, since they usually cost less than their worst case, then tries
@@ -23,8 +20,7 @@ How a call is accounted (the ``budget`` stage, order 100, before the caches and 
    the actual cost of the call (``call.spent``; $0 for a cache hit). Alerts whose threshold the
    period's spend crossed fire, once per period per threshold, across processes.
 3. ``on_error``: the reservation is released; attempts that were answered (and paid) before the
-   failure still count, as does the streamed part of a stream that broke; a failure before any
-   answer costs $0. The trace's ``mlflow_lite.cost_usd`` is the same figure.
+   failure still count, as does the streamed part of a stream that broke.
 
 Periods are calendar days (and/or months) in ``timezone`` (UTC by default): a call is charged to
 the period in which it was reserved. Scopes: one budget for everything (``"global"``), one per
