@@ -6,10 +6,13 @@
 
 How a call is accounted (the ``budget`` stage, order 100, before the caches and the provider):
 
-1. ``before``: the call's *worst-case* cost is reserved atomically in the ledger: prompt tokens
-   plus ``max_tokens`` (else ``max_completion_tokens``, else the model's ``max_output_tokens``
-   from LiteLLM's price map, else :data:`DEFAULT_MAX_OUTPUT_TOKENS`) at the highest price among
-   the primary model and its fallbacks. If spent + this reservation would pass a limit, the call
+1. ``before``: the call's *worst-case* cost is reserved atomically in the ledger (see
+   :meth:`BudgetStage.worst_case`): the prompt (images, tool and response-format definitions
+   included) plus every completion it may return (``n``, ``best_of``, ``candidate_count``...)
+   of ``max_tokens`` each (the largest of ``max_tokens``/``max_completion_tokens``/...,
+   else the model's ``max_output_tokens`` from LiteLLM's price map, else
+   :data:`DEFAULT_MAX_OUTPUT_TOKENS`), for every answer a validation re-ask may add, each at the
+   highest rate of the dearest model among the primary and its fallbacks. If spent + this reservation would pass a limit, the call
    is refused at once with :class:`BudgetExceededError` and the provider is never called. If only
    the reservations of calls in flight stand in the way, the call waits (up to ``max_wait``
    seconds) for them to settle, since they usually cost less than their worst case, then tries
@@ -20,7 +23,8 @@ How a call is accounted (the ``budget`` stage, order 100, before the caches and 
    the actual cost of the call (``call.spent``; $0 for a cache hit). Alerts whose threshold the
    period's spend crossed fire, once per period per threshold, across processes.
 3. ``on_error``: the reservation is released; attempts that were answered (and paid) before the
-   failure still count, as does the streamed part of a stream that broke.
+   failure still count, as does the streamed part of a stream that broke; a failure before any
+   answer costs $0. The trace's ``mlflow_lite.cost_usd`` is the same figure.
 
 Periods are calendar days (and/or months) in ``timezone`` (UTC by default): a call is charged to
 the period in which it was reserved. Scopes: one budget for everything (``"global"``), one per
@@ -921,8 +925,8 @@ def _param_values(call: Call, names: Sequence[str]) -> list[tuple[str, Any]]:
     return [(name, scope[name]) for scope in scopes for name in names if scope.get(name) is not None]
 
 
-def _count(name: str, value: Any) -> int | None:
-    """A whole number >= 1 given for ``name`` (rounded up), None for a value to ignore."""
+def _count(value: Any) -> int | None:
+    """A number >= 1 rounded up, None for anything else."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
         return None
     try:
@@ -935,7 +939,7 @@ def _choices(call: Call) -> int:
     """How many completions the provider bills for one attempt (``n=16``: 16)."""
     counts = [1]
     for name, value in _param_values(call, CHOICE_PARAMS):
-        count = _count(name, value)
+        count = _count(value)
         if count is None:
             # A budget cannot bound what it cannot read: refuse before the provider is called.
             raise ArgumentError(name, f"must be a whole number of completions >= 1, got {value!r}")
@@ -946,7 +950,7 @@ def _choices(call: Call) -> int:
 def _max_output_tokens(call: Call, model: ModelRef) -> int:
     """The most tokens one completion may have: the largest limit the call gives, else the
     model's output limit."""
-    given = [count for name, value in _param_values(call, OUTPUT_PARAMS) if (count := _count(name, value))]
+    given = [count for _, value in _param_values(call, OUTPUT_PARAMS) if (count := _count(value))]
     return max(given) if given else _model_output_limit(model.name)
 
 
@@ -957,6 +961,8 @@ def _prompt_tokens(call: Call, model: ModelRef) -> int:
     for _, value in _param_values(call, DEFINITION_PARAMS):
         if isinstance(value, str):  # tool_choice="auto"
             continue
+        if callable(getattr(value, "model_json_schema", None)):  # response_format=<a pydantic model>
+            value = value.model_json_schema()
         items = len(value) if isinstance(value, (list, tuple)) else 1
         text = json.dumps(value, default=str)
         tokens += call.pricing.count_tokens(model, text) + DEFINITION_OVERHEAD_TOKENS * items
