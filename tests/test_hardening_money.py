@@ -110,6 +110,16 @@ def test_tool_definitions_are_prompt_tokens_in_the_worst_case(tmp_path):
     with_tools = _requested(c, max_tokens=10, tools=tools)
     tool_tokens = (with_tools - plain) / (PER_MILLION[PRIMARY][0] / 1e6)
     assert tool_tokens >= 4 * 60  # each definition is ~60+ tokens of text
+    # A response format's schema is sent too, also when given as a pydantic model.
+    from pydantic import BaseModel
+
+    class Order(BaseModel):
+        order_id: str
+        status: str
+        warehouse_location_description: str
+
+    schema_tokens = (_requested(c, max_tokens=10, response_format=Order) - plain) / (PER_MILLION[PRIMARY][0] / 1e6)
+    assert schema_tokens >= 30
 
 
 def test_worst_case_uses_the_dearest_model_for_each_answer(tmp_path):
