@@ -107,8 +107,9 @@ def _store_lock(uri: str) -> Iterator[None]:
     fd = None
     if path is not None and fcntl is not None:
         try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)  # as MLflow does before it opens the store
             fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:  # a missing or read-only directory: opening the store will say what is wrong
+        except OSError:  # a read-only directory: opening the store will say what is wrong
             fd = None
     if fd is None:
         yield
