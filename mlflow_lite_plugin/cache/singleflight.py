@@ -21,6 +21,7 @@ only there is one answer interchangeable with the other.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
 
 from .. import deadline
+from .backends import BackendSkipped
 
 _logger = logging.getLogger(__name__)
 
@@ -87,11 +89,13 @@ class Lease:
 
 class SingleFlight:
     """The in-flight calls of one exact cache. ``redis``: the cache's Redis client, to coalesce
-    across processes too; ``lock_ttl``: how long a Redis lock outlives a leader that died."""
+    across processes too, and ``breaker`` its circuit breaker (an open circuit: this process only);
+    ``lock_ttl``: how long a Redis lock outlives a leader that died."""
 
-    def __init__(self, redis: Any = None, *, wait: float = DEFAULT_WAIT, lock_ttl: float = DEFAULT_WAIT,
-                 prefix: str = "mlflow_lite:flight:"):
+    def __init__(self, redis: Any = None, *, breaker: Any = None, wait: float = DEFAULT_WAIT,
+                 lock_ttl: float = DEFAULT_WAIT, prefix: str = "mlflow_lite:flight:"):
         self.redis = redis
+        self.breaker = breaker
         self.wait = wait
         self.lock_ttl = lock_ttl
         self.prefix = prefix
@@ -108,12 +112,16 @@ class SingleFlight:
         if not leader:
             flight.done.wait(self._wait_time())
             return lookup(), None
-        steps = self._lead(Lease(key, flight), lookup)
+        lease = Lease(key, flight)
+        steps = self._lead(lease, lookup)
         try:
             while True:
                 time.sleep(next(steps))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        except BaseException:  # interrupted while polling: nobody will release it later
+            self.release(lease)
+            raise
 
     async def ajoin(self, key: str, lookup: Lookup) -> tuple[dict[str, Any] | None, Lease | None]:
         """:meth:`join` for asyncio: waiting never blocks the event loop."""
@@ -121,12 +129,16 @@ class SingleFlight:
         if not leader:
             await flight.wait_async(self._wait_time())
             return lookup(), None
-        steps = self._lead(Lease(key, flight), lookup)
+        lease = Lease(key, flight)
+        steps = self._lead(lease, lookup)
         try:
             while True:
                 await asyncio.sleep(next(steps))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        except BaseException:  # cancelled (a deadline) while polling: nobody will release it later
+            self.release(lease)
+            raise
 
     def release(self, lease: Lease) -> None:
         """End the leader's flight (after it stored its answer, or failed): wake its waiters."""
@@ -136,11 +148,14 @@ class SingleFlight:
         lease.flight.finish()
         if lease.token is not None:
             try:
-                self.redis.eval(_RELEASE, 1, self.prefix + lease.key, lease.token)
+                self._redis_op(self.redis.eval, _RELEASE, 1, self.prefix + lease.key, lease.token)
             except Exception as exc:  # the lock then expires by itself
                 _logger.warning("single flight: releasing the Redis lock failed: %s", exc)
 
     # -- internals --
+
+    def _redis_op(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args) if self.breaker is None else self.breaker.run(fn, *args)
 
     def _enter(self, key: str) -> tuple[_Flight, bool]:
         with self._lock:
@@ -175,7 +190,10 @@ class SingleFlight:
         ``(None, None)`` then means "poll"."""
         token = uuid.uuid4().hex
         try:
-            taken = self.redis.set(self.prefix + lease.key, token, nx=True, px=max(1, int(self.lock_ttl * 1000)))
+            lock = functools.partial(self.redis.set, nx=True, px=max(1, int(self.lock_ttl * 1000)))
+            taken = self._redis_op(lock, self.prefix + lease.key, token)
+        except BackendSkipped:  # the cache's circuit is open: coalesce in this process only
+            return None, lease
         except Exception as exc:  # Redis down: coalesce in this process only
             _logger.warning("single flight: the Redis lock is unavailable (coalescing in this process only): %s", exc)
             return None, lease
@@ -189,7 +207,7 @@ class SingleFlight:
         answer = lookup()
         if answer is None:
             try:
-                held = self.redis.exists(self.prefix + lease.key)
+                held = self._redis_op(self.redis.exists, self.prefix + lease.key)
             except Exception:
                 held = False
             if held:

@@ -145,7 +145,9 @@ class ExactCacheStage(CacheStage):
         self.backend = backend
         # Identical misses in flight at once make one provider call (singleflight.py); across
         # processes too when they share a Redis cache.
-        self.flights = single_flight or SingleFlight(backend._redis if isinstance(backend, RedisBackend) else None)
+        if single_flight is None and isinstance(backend, RedisBackend):
+            single_flight = SingleFlight(backend._redis, breaker=backend.breaker)
+        self.flights = single_flight or SingleFlight()
 
     def before(self, call: Call) -> Response | None:
         key, response = self._lookup(call)
