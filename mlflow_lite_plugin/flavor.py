@@ -14,7 +14,7 @@ What is saved (next to ``MLmodel``, which lists ``mlflow_lite`` and ``python_fun
 
 - ``mlflow_lite.yaml``: every setting, readable: model, prompt (``{variable}`` placeholders, as in
   ``str.format``; ``{{`` for a literal brace), system prompt, LiteLLM parameters, fallbacks,
-  retries, cache, semantic cache, validation, rate limit and budget settings.
+  retries, cache, semantic cache, validation, rate limit, budget and serving-limit settings.
 - ``semantic_cache/`` (``index.faiss`` + ``entries.json``, no pickle): answers that a served
   model gives without calling the provider, from ``cache_data`` (a DataFrame of the prompt's
   variables plus an ``answer`` column) or a live cache (``cache_data=ml.semantic_cache()``).
