@@ -321,6 +321,7 @@ class Client:
         max_temperature: float | None = None,
         verify: bool = True,
         cache: SemanticCache | None = None,
+        max_query_chars: int | None = None,
     ) -> None:
         """Turn the semantic cache on (or off): a question that means the same as a cached one,
         in the same scope, gets the cached answer.
@@ -329,7 +330,8 @@ class Client:
         all-MiniLM-L6-v2, loaded offline on first use). ``threshold``: cosine similarity a
         candidate needs before verification (default: the tuned one). ``verify=False`` trusts
         cosine alone (not recommended: near-misses such as negations score high). Pass a loaded
-        ``cache=`` (e.g. ``SemanticCache.load(path)``) to start warm.
+        ``cache=`` (e.g. ``SemanticCache.load(path)``) to start warm. ``max_query_chars``: longer
+        questions are neither looked up nor stored (default 2,000; the model reads 256 word pieces).
         """
         if not enabled:
             self.pipeline.remove(SemanticCacheStage.name)
@@ -337,12 +339,18 @@ class Client:
         _check_cache_rules(ttl, max_entries, max_temperature)
         if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
             raise ArgumentError("threshold", f"must be a cosine similarity in (0, 1], got {threshold!r}")
+        if max_query_chars is not None and (
+            not isinstance(max_query_chars, int) or isinstance(max_query_chars, bool) or max_query_chars < 1
+        ):
+            raise ArgumentError("max_query_chars", f"must be a positive number of characters, got {max_query_chars!r}")
         if cache is None:
             from .cache.semantic import SemanticCache
 
             options: dict[str, Any] = {"model": model, "ttl": ttl, "max_entries": max_entries, "verify": verify}
             if threshold is not None:
                 options["threshold"] = threshold
+            if max_query_chars is not None:
+                options["max_query_chars"] = max_query_chars
             cache = SemanticCache(**options)
         self.pipeline.add(
             SemanticCacheStage(cache, ttl=ttl, max_temperature=max_temperature, stats=self._cache_stats)

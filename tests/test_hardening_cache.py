@@ -84,6 +84,16 @@ def test_the_cap_is_a_setting_and_applies_to_direct_use(tmp_path):
             SemanticCache(max_query_chars=bad)
 
 
+def test_set_semantic_cache_takes_the_cap():
+    client = ml.Client(model="lite/echo")
+    client.set_semantic_cache(enabled=True, max_query_chars=50)
+    assert client.semantic_cache().max_query_chars == 50
+    for bad in (0, 2.5, True, "10"):
+        with pytest.raises(ml.ArgumentError) as exc:
+            client.set_semantic_cache(enabled=True, max_query_chars=bad)
+        assert exc.value.argument == "max_query_chars"
+
+
 @pytest.mark.parametrize(
     "text",
     [
