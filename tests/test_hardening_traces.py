@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import secrets
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -43,8 +44,8 @@ def _record(uri: str, marker: str, text: str) -> dict:
 class _Exporter:
     """An exporter child fed by hand; its acknowledgements and its log lines are collected."""
 
-    def __init__(self) -> None:
-        env = dict(os.environ)
+    def __init__(self, **env_vars: str) -> None:
+        env = dict(os.environ, **env_vars)
         env.pop("MLFLOW_TRACKING_URI", None)  # each record names its store
         self.proc = subprocess.Popen([sys.executable, "-m", "mlflow_lite_plugin.trace_export"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -87,6 +88,22 @@ class _Exporter:
             pytest.fail(f"the exporter did not exit after its pipe closed:\n{self.log_text()}")
 
 
+@pytest.fixture(scope="module")
+def _made_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with MLflow's schema, made once (that takes seconds): tests copy it."""
+    db = tmp_path_factory.mktemp("made-store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
+    return db
+
+
+@pytest.fixture
+def made_store(_made_store: Path, tmp_path: Path) -> tuple[str, Path]:
+    """(URI, file) of a private copy of a store that has its schema."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_made_store, db)
+    return f"sqlite:///{db}", db
+
+
 def _stored_trace_ids(uri: str, marker: str) -> set[str]:
     traces = mlflow.MlflowClient(uri).search_traces(locations=["0"], filter_string=f"tags.test_marker = '{marker}'",
                                                      max_results=1000, include_spans=False)
@@ -94,14 +111,14 @@ def _stored_trace_ids(uri: str, marker: str) -> set[str]:
 
 
 def test_exporters_opening_a_fresh_store_at_once_write_every_trace(tmp_path: Path):
-    """Three exporters (the exporters of a server's three workers) get their first traces at the
+    """Two exporters (the exporters of a server's two workers) get their first traces at the
     same moment, on a store that does not exist yet: MLflow creates its schema once, and every
     trace is written (the issue: one process's migration broke the other's, and its batch was dropped)."""
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     marker = uuid.uuid4().hex
-    exporters = [_Exporter() for _ in range(3)]
+    exporters = [_Exporter() for _ in range(2)]
     try:
-        batches = [[_record(uri, marker, f"exporter {i} trace {j}") for j in range(10)] for i in range(3)]
+        batches = [[_record(uri, marker, f"exporter {i} trace {j}") for j in range(10)] for i in range(2)]
         for exporter, batch in zip(exporters, batches):
             exporter.send(batch)
         for exporter, batch in zip(exporters, batches):
@@ -114,13 +131,12 @@ def test_exporters_opening_a_fresh_store_at_once_write_every_trace(tmp_path: Pat
     assert _stored_trace_ids(uri, marker) == expected
 
 
-def test_a_batch_that_fails_twice_is_written_when_the_store_recovers(tmp_path: Path):
+def test_a_batch_that_fails_twice_is_written_when_the_store_recovers(made_store: tuple[str, Path]):
     """The store's schema is not the one MLflow expects for a while (as while another process
     migrates it: ``alembic_version`` is behind): the exporter's writes fail, and its batch is
     written once the store is whole again, not dropped at the first failure."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.MlflowClient(uri).search_experiments(max_results=1)  # creates the schema
-    database = sqlite3.connect(tmp_path / "mlflow.db")
+    uri, db = made_store
+    database = sqlite3.connect(db)
     [(head,)] = database.execute("SELECT version_num FROM alembic_version").fetchall()
     with database:
         database.execute("UPDATE alembic_version SET version_num = 'a8c4a736bde6'")  # an older revision
@@ -147,11 +163,10 @@ def test_a_batch_that_fails_twice_is_written_when_the_store_recovers(tmp_path: P
     assert _stored_trace_ids(uri, marker) == {mlflow_trace_id(r["key"]) for r in batch}
 
 
-def test_the_exporter_keeps_writing_after_its_parent_is_gone(tmp_path: Path):
+def test_the_exporter_keeps_writing_after_its_parent_is_gone(made_store: tuple[str, Path]):
     """Its parent died with batches in the pipe: the first acknowledgement hits a broken pipe,
     and the exporter still writes the batches after it (it used to die on that write)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    uri, _ = made_store
     marker = uuid.uuid4().hex
     exporter = _Exporter()
     records = [_record(uri, marker, f"orphan {i}") for i in range(450)]  # three batches of at most 200
@@ -160,6 +175,22 @@ def test_the_exporter_keeps_writing_after_its_parent_is_gone(tmp_path: Path):
     exporter.close()
     assert exporter.proc.returncode == 0, exporter.log_text()
     assert _stored_trace_ids(uri, marker) == {mlflow_trace_id(r["key"]) for r in records}
+
+
+def test_a_store_that_cannot_take_span_batches_is_not_retried(tmp_path: Path):
+    """A permanent error (MLflow's file store has no ``log_spans``) drops the batch at once, with
+    the warning that names the way out, instead of trying it again for seconds."""
+    marker = uuid.uuid4().hex
+    exporter = _Exporter(MLFLOW_ALLOW_FILE_STORE="true")
+    try:
+        exporter.send([_record((tmp_path / "mlruns").as_uri(), marker, f"file store {i}") for i in range(3)])
+        acks = exporter.wait_acks(3)
+    finally:
+        exporter.close()
+    assert list(acks.values()) == [None] * 3
+    log = exporter.log_text()
+    assert "MLFLOW_LITE_TRACE_EXPORT=thread" in log and "dropped after 1 attempt(s) (3 dropped in all)" in log, log
+    assert "trying again" not in log
 
 
 # -- a served model on a fresh store --
