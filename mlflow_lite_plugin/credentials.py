@@ -119,6 +119,7 @@ class Finding:
     end: int
 
 
+@functools.lru_cache(maxsize=4096)  # names repeat (parameters, environment variables) and the search is not cheap
 def is_secret_name(name: str) -> bool:
     """True for a parameter name that carries credentials (``api_key``, ``auth_token``, ``headers``...)."""
     return bool(_SECRET_NAME.regex.search(name))
@@ -213,7 +214,15 @@ def secret_values(value: Any, secret: bool = False) -> list[str]:
 
 def secret_env_values() -> list[str]:
     """Values of this process's credential environment variables (``OPENAI_API_KEY``, ``*_TOKEN``...)."""
-    return [v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= MIN_KNOWN_LENGTH]
+    for _ in range(5):
+        try:
+            environ = dict(os.environ)
+            break
+        except (KeyError, RuntimeError):  # another thread changed the environment while it was read
+            continue
+    else:
+        return []
+    return [v for k, v in environ.items() if is_secret_name(k) and len(v) >= MIN_KNOWN_LENGTH]
 
 
 def _stored_secret(text: str, finding: Finding) -> bool:

@@ -284,3 +284,36 @@ def test_package_logs_are_scrubbed_without_logging_configured():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "store http://[redacted]@h.example down" in done.stderr and "hunter22" not in done.stderr
+
+
+def test_reading_the_credential_environment_survives_other_threads_changing_it(monkeypatch):
+    """Scrubbing reads os.environ on every traced error; a thread setting or removing variables at
+    that moment (MLflow does, during predict) made the read raise KeyError."""
+    import os
+    import time
+
+    from mlflow_lite_plugin import credentials
+
+    monkeypatch.setenv("MLFLOW_LITE_TEST_API_KEY", "sk-test-environment-value-0123456789")
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            os.environ[f"MLFLOW_LITE_TEST_CHURN_{i % 50}"] = "x"
+            os.environ.pop(f"MLFLOW_LITE_TEST_CHURN_{(i + 25) % 50}", None)
+            i += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        end, reads = time.monotonic() + 2, 0
+        while time.monotonic() < end:
+            assert "sk-test-environment-value-0123456789" in credentials.secret_env_values()
+            reads += 1
+    finally:
+        stop.set()
+        worker.join()
+        for i in range(50):
+            os.environ.pop(f"MLFLOW_LITE_TEST_CHURN_{i}", None)
+    assert reads > 100
