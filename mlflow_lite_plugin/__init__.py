@@ -61,8 +61,10 @@ from .errors import (  # noqa: E402
     ProviderRateLimitError,
     ProviderTimeoutError,
     ProviderUnavailableError,
+    RequestEncodingError,
     ValidationError,
 )
+from .deadline import DeadlineExceededError  # noqa: E402
 from .metrics import MetricResult  # noqa: E402
 from .pipeline import Call, Stage  # noqa: E402
 from .budget import BudgetExceededError  # noqa: E402
@@ -154,6 +156,8 @@ __all__ = [
     "ProviderTimeoutError",
     "ProviderUnavailableError",
     "RateLimitExceededError",
+    "RequestEncodingError",
+    "DeadlineExceededError",
     "Response",
     "Stage",
     "Stream",
