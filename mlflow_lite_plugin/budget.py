@@ -12,8 +12,9 @@ How a call is accounted (the ``budget`` stage, order 100, before the caches and 
    of ``max_tokens`` each (the largest of ``max_tokens``/``max_completion_tokens``/...,
    else the model's ``max_output_tokens`` from LiteLLM's price map, else
    :data:`DEFAULT_MAX_OUTPUT_TOKENS`), for every answer a validation re-ask may add, each at the
-   highest rate of the dearest model among the primary and its fallbacks. If spent + this reservation would pass a limit, the call
-   is refused at once with :class:`BudgetExceededError` and the provider is never called. If only
+   highest rate of the dearest model among the primary and its fallbacks. If spent + this
+   reservation would pass a limit, the call is refused at once with :class:`BudgetExceededError`
+   and the provider is never called. If only
    the reservations of calls in flight stand in the way, the call waits (up to ``max_wait``
    seconds) for them to settle, since they usually cost less than their worst case, then tries
    again; past ``max_wait`` it is refused. Check and reserve are one transaction (SQLite
