@@ -208,10 +208,10 @@ def _trace_rows(db: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("export", ["process", "thread"])
-def test_a_served_model_on_a_fresh_store_writes_every_trace_of_its_first_requests(export: str, tmp_path: Path):
-    """``mlflow models serve --workers 2`` on a store that does not exist yet, with requests fired
-    the moment it answers /ping: both workers' writers (exporter children, or MLflow's export in
-    the worker) open the fresh store at once, and every request's trace is written."""
+def test_served_replicas_on_a_fresh_store_write_every_trace_of_their_first_requests(export: str, tmp_path: Path):
+    """Two replicas (``mlflow models serve``) start on a store that does not exist yet and get
+    requests the moment they answer /ping: their writers (exporter children, or MLflow's export in
+    the server) open the fresh store at once, and every request's trace is written."""
     db = tmp_path / "mlflow.db"
     model = tmp_path / "model"
     ml.save_model(model, model="lite/echo", prompt="Q: {question}")
@@ -219,55 +219,61 @@ def test_a_served_model_on_a_fresh_store_writes_every_trace_of_its_first_request
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{db}", MLFLOW_ENABLE_ASYNC_TRACE_LOGGING="true",
                MLFLOW_LITE_TRACE_EXPORT=export)
     env.pop("PYTEST_CURRENT_TEST", None)
-    port = free_port()
-    with open(tmp_path / "serve.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model), "--env-manager",
-                                 "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+    servers: list[tuple[str, subprocess.Popen, Path]] = []
+    for replica in range(2):
+        port, log = free_port(), tmp_path / f"serve-{replica}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model),
+                                     "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+                                     "--workers", "1"],
+                                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+        servers.append((f"http://127.0.0.1:{port}", proc, log))
 
-    def log_tail() -> str:
-        return (tmp_path / "serve.log").read_text(errors="replace")[-5000:]
+    def logs() -> str:
+        return "\n".join(log.read_text(errors="replace")[-4000:] for _, _, log in servers)
 
-    url = f"http://127.0.0.1:{port}"
-    n = 40
+    n = 20  # per replica
+    rows: list[dict] = []
     try:
         deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"the server exited:\n{log_tail()}"
-            assert time.monotonic() < deadline, f"no /ping answer in 180 s:\n{log_tail()}"
-            try:
-                if requests.get(f"{url}/ping", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.05)
+        for url, proc, _ in servers:
+            while True:
+                assert proc.poll() is None, f"a server exited:\n{logs()}"
+                assert time.monotonic() < deadline, f"no /ping answer in 180 s:\n{logs()}"
+                try:
+                    if requests.get(f"{url}/ping", timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    time.sleep(0.05)
         assert not db.exists(), "the store was opened before any trace: this test needs it fresh"
-        rows: list[dict] = []
 
-        def ask(i: int) -> None:
+        def ask(url: str, i: int) -> None:
             body = {"dataframe_records": [{"question": f"first {i}"}], "params": {"return_details": True}}
             response = requests.post(f"{url}/invocations", json=body, timeout=120)
             assert response.status_code == 200, response.text
             rows.extend(response.json()["predictions"])
 
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
+        threads = [threading.Thread(target=ask, args=(url, i)) for url, _, _ in servers for i in range(n)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert len(rows) == n, log_tail()
+        assert len(rows) == 2 * n, logs()
         deadline = time.monotonic() + 180
-        while _trace_rows(db) < n and time.monotonic() < deadline:
+        while _trace_rows(db) < 2 * n and time.monotonic() < deadline:
             time.sleep(0.5)
         written = _trace_rows(db)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert written == n, f"{written}/{n} traces written\n{log_tail()}"
+        for _, proc, _ in servers:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc, _ in servers:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert written == 2 * n, f"{written}/{2 * n} traces written\n{logs()}"
     if export == "process":  # the ids the rows returned are the ids written
         stored = {t.info.trace_id for t in mlflow.MlflowClient(f"sqlite:///{db}").search_traces(
             locations=["0"], max_results=1000, include_spans=False)}
         assert stored == {row["trace_id"] for row in rows}
-    assert "already exists" not in log_tail()
+    assert "already exists" not in logs()
