@@ -955,6 +955,20 @@ def _max_output_tokens(call: Call, model: ModelRef) -> int:
     return max(given) if given else _model_output_limit(model.name)
 
 
+def _rate_conditions(call: Call) -> dict[str, Any]:
+    """What decides which of a model's conditional rates can apply (``Pricing.highest_price``):
+    the service tier asked for, prompt-cache writes (``cache_control`` anywhere in the request)
+    and audio (``modalities``/``audio`` parameters or ``input_audio`` parts)."""
+    params = call.request.params
+    tier = params.get("service_tier")
+    text = json.dumps([call.request.messages, params], default=str)
+    return {
+        "service_tier": tier if isinstance(tier, str) else None,
+        "cache_writes": "cache_control" in text,
+        "audio": "audio" in params or "input_audio" in text or "audio" in str(params.get("modalities", "")),
+    }
+
+
 def _prompt_tokens(call: Call, model: ModelRef) -> int:
     """Prompt tokens with ``model``'s tokenizer (a fallback's may count more), images included,
     plus the tool, function and response-format definitions the provider adds to the prompt."""
@@ -1087,14 +1101,17 @@ class BudgetStage(Stage):
         choices = _choices(call)
         bounds: list[tuple[int, int, int, Any]] = []  # (prompt, output, re-ask growth, price)
         unpriced = []
+        conditions = _rate_conditions(call)
         for model in call.models:
-            price = call.pricing.highest_price(model)
-            if price is None:
+            if call.pricing.price(model) is None:
                 unpriced.append(model.name)
                 continue
             out = _max_output_tokens(call, model)
             reask = _reask_tokens(call, model, out) if call.request.max_answers > 1 else 0
-            bounds.append((_prompt_tokens(call, model), out, reask, price))
+            prompt = _prompt_tokens(call, model)
+            largest = prompt + (call.request.max_answers - 1) * reask + out  # for long-context tiers
+            price = call.pricing.highest_price(model, tokens=largest, **conditions)
+            bounds.append((prompt, out, reask, price))
         total = 0.0
         for k in range(call.request.max_answers):
             total += max(

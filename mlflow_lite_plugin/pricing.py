@@ -41,13 +41,29 @@ LOCAL_PROVIDERS = frozenset({"ollama", "ollama_chat", "llamafile", "lm_studio"})
 # (cache_creation_input_token_cost), audio/image/reasoning tokens.
 _INPUT_RATE = re.compile(r"^(input_cost_per_(\w+_)?token|cache_creation_input(_\w+)?_token_cost)(_\w+)?$")
 _OUTPUT_RATE = re.compile(r"^output_cost_per_(\w+_)?token(_\w+)?$")
+_TIER = re.compile(r"above_(\d+)k_tokens")
+
+
+def _rate_applies(key: str, tokens: int, service_tier: str | None, cache_writes: bool, audio: bool) -> bool:
+    """Whether the price-map rate ``key`` can apply to a call (see ``Pricing.highest_price``)."""
+    if "batches" in key:
+        return False
+    for tier in ("priority", "flex"):
+        if tier in key and service_tier != tier:
+            return False
+    threshold = _TIER.search(key)
+    if threshold and tokens <= int(threshold.group(1)) * 1000:
+        return False
+    if key.startswith("cache_creation") and not cache_writes:
+        return False
+    return audio or "audio" not in key
 
 
 class Pricing:
     def __init__(self) -> None:
         self._overrides: dict[str, Price] = {}
         self._unknown: set[str] = set()
-        self._highest: dict[str, Price] = {}
+        self._rates: dict[str, dict[str, float]] = {}  # a model's conditional per-token rates
         self._lock = threading.Lock()
 
     def set_price(self, model: ModelRef, input_per_million: float, output_per_million: float) -> None:
@@ -78,29 +94,37 @@ class Pricing:
             return None
         return Price(float(input_cost), float(output_cost))
 
-    def highest_price(self, model: ModelRef) -> Price | None:
-        """The most ``model`` can charge per token (None when its price is unknown): the highest
-        input and output rates of LiteLLM's price map (long-context tiers, priority, cache writes,
-        audio/image/reasoning tokens), so a worst case bounds every bill. A price set with
-        ``set_model_price`` is the price."""
+    def highest_price(
+        self, model: ModelRef, *, tokens: int = 0, service_tier: str | None = None, cache_writes: bool = False,
+        audio: bool = False,
+    ) -> Price | None:
+        """The most ``model`` can charge per token for a call like this one (None when its price
+        is unknown): the highest input and output rates of LiteLLM's price map that can apply to
+        it, so a worst case bounds every bill. Rates tied to a condition count only under it: a
+        long-context tier when ``tokens`` pass its threshold, priority or flex processing when
+        ``service_tier`` asks for it, cache writes when the request marks ``cache_control``,
+        audio tokens with audio. Batch-API rates never apply here; reasoning and image tokens
+        always may. A price set with ``set_model_price`` is the price."""
         price = self.price(model)
         if price is None or price is FREE or model.name in self._overrides or model.requested in self._overrides:
             return price
-        highest = self._highest.get(model.name)
-        if highest is None:
-            inputs, outputs = [price.input], [price.output]
+        rates = self._rates.get(model.name)
+        if rates is None:
             try:
-                info = litellm_module().get_model_info(model=model.name)
+                info = litellm_module().get_model_info(model=model.name) or {}
             except Exception:
                 info = {}
-            for key, value in (info or {}).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    if _INPUT_RATE.match(key):
-                        inputs.append(float(value))
-                    elif _OUTPUT_RATE.match(key):
-                        outputs.append(float(value))
-            highest = self._highest[model.name] = Price(max(inputs), max(outputs))
-        return highest
+            rates = self._rates[model.name] = {
+                key: float(value)
+                for key, value in info.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (_INPUT_RATE.match(key) or _OUTPUT_RATE.match(key))
+            }
+        inputs, outputs = [price.input], [price.output]
+        for key, value in rates.items():
+            if _rate_applies(key, tokens, service_tier, cache_writes, audio):
+                (inputs if _INPUT_RATE.match(key) else outputs).append(value)
+        return Price(max(inputs), max(outputs))
 
     def breakdown(
         self, model: ModelRef, prompt_tokens: int, completion_tokens: int, raw: Any = None

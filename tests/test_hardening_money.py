@@ -151,18 +151,53 @@ def test_worst_case_lets_each_answer_come_from_a_different_model(tmp_path):
     assert requested(PRIMARY, [READER], **two) >= primary_first + reader_reask - 1e-12
 
 
-def test_worst_case_uses_the_highest_rate_of_the_price_map():
+def test_worst_case_uses_every_rate_that_can_apply_and_only_those():
     c = ml.Client(tracing=False)
-    model = c.models.resolve("gpt-4o")
+    gpt, gemini, claude = (c.models.resolve(m) for m in ("gpt-4o", "gemini/gemini-2.5-pro", "claude-sonnet-4-5"))
     from mlflow_lite_plugin.models import litellm_module
 
     info = litellm_module().get_model_info(model="gpt-4o")
-    highest = c.pricing.highest_price(model)
-    assert highest.input >= max(v for k, v in info.items() if k.startswith("input_cost_per_token") and v)
-    assert highest.output >= max(v for k, v in info.items() if k.startswith("output_cost_per_token") and v)
-    assert highest.output > c.pricing.price(model).output  # e.g. priority processing
+    # A standard call is billed at the standard rates: the priority tier would refuse calls that fit.
+    assert c.pricing.highest_price(gpt) == c.pricing.price(gpt)
+    priority = c.pricing.highest_price(gpt, service_tier="priority")
+    assert (priority.input, priority.output) == (info["input_cost_per_token_priority"],
+                                                 info["output_cost_per_token_priority"])
+    # Long-context tiers once the call can pass their threshold.
+    gemini_info = litellm_module().get_model_info(model="gemini/gemini-2.5-pro")
+    assert c.pricing.highest_price(gemini, tokens=150_000) == c.pricing.price(gemini)
+    long = c.pricing.highest_price(gemini, tokens=250_000)
+    assert long.output == gemini_info["output_cost_per_token_above_200k_tokens"]
+    # Prompt-cache writes cost more than input, when the request marks cache_control.
+    claude_info = litellm_module().get_model_info(model=claude.name)
+    assert c.pricing.highest_price(claude).input == claude_info["input_cost_per_token"]
+    assert c.pricing.highest_price(claude, cache_writes=True).input == max(
+        v for k, v in claude_info.items() if k.startswith("cache_creation") and "batches" not in k and v
+    )
     c.set_model_price("gpt-4o", input_per_million=1.0, output_per_million=2.0)
-    assert c.pricing.highest_price(model) == c.pricing.price(model)  # a price you set is the price
+    assert c.pricing.highest_price(gpt, service_tier="priority") == c.pricing.price(gpt)  # a price you set is the price
+
+
+def test_the_requested_service_tier_is_reserved_at_its_rate(tmp_path):
+    """The price map's own rates (no set_model_price): priority processing is reserved only when
+    the call asks for it, so standard calls are not refused for a rate they cannot be billed."""
+    c = ml.Client(tracing=False)
+    c.add_stage(BudgetStage(Budget(daily_limit=0.000001), SQLiteLedger(tmp_path / "tier.db")))
+
+    def requested(**kwargs) -> float:
+        with pytest.raises(BudgetExceededError) as refused:
+            c.query(model="gpt-4o", prompt="how much?", max_tokens=100, **kwargs)
+        return refused.value.requested
+
+    from mlflow_lite_plugin.models import litellm_module
+
+    info = litellm_module().get_model_info(model="gpt-4o")
+    standard, priority = requested(), requested(service_tier="priority")
+    assert standard == pytest.approx(
+        c.count_tokens("how much?", model="gpt-4o") * info["input_cost_per_token"] + 100 * info["output_cost_per_token"],
+        rel=0.2,
+    )
+    assert priority / standard == pytest.approx(info["output_cost_per_token_priority"] / info["output_cost_per_token"],
+                                                rel=0.1)
 
 
 # -- what counts as spend --
