@@ -103,6 +103,14 @@ class ChainStepError(MlflowLiteError):
         self.cause = cause
         self.trace_id: str | None = None
 
+    @property
+    def cost(self) -> float | None:
+        """USD billed for the chain: the finished steps and what the failed step was billed (an
+        answer that failed validation, a broken stream), None if any of it is unknown."""
+        failed = getattr(self.cause, "cost", 0.0)  # an error of ours says what its call was billed
+        finished = _total_cost(self.results)
+        return None if finished is None or failed is None else finished + failed
+
 
 @dataclass(init=False)
 class Step:
@@ -486,7 +494,7 @@ class _ChainTrace:
         if result is not None:
             _safely(self.root.set_attributes, {ATTR_COST: result.cost, ATTR_LATENCY: result.latency})
         if isinstance(error, ChainStepError):
-            _safely(self.root.set_attributes, {ATTR_FAILED_STEP: error.step, ATTR_COST: _total_cost(error.results)})
+            _safely(self.root.set_attributes, {ATTR_FAILED_STEP: error.step, ATTR_COST: error.cost})
         outputs = {"output": result.output, "outputs": result.outputs} if result is not None else None
         _close_span(self.root, self.token, outputs=outputs, error=error, known=self.secrets)
 

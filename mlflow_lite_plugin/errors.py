@@ -40,9 +40,12 @@ def check_number(name: str, value: Any, *, allow_zero: bool = False, unit: str =
 
 
 class TracedError(MlflowLiteError):
-    """An error that belongs to a traced call; ``trace_id`` is that call's MLflow trace."""
+    """An error that belongs to a traced call; ``trace_id`` is that call's MLflow trace, ``cost``
+    what the failed call was billed in USD (0.0 when it failed before any answer, None when an
+    answered attempt has no known price): the figure its trace and the budget's ledger hold."""
 
     _trace: TraceRef | None = None
+    cost: float | None = 0.0
 
     @property
     def trace_id(self) -> str | None:

@@ -263,11 +263,11 @@ class Pipeline:
                 stage.on_error(call, error)
             except Exception as cleanup_error:  # a cleanup bug must not hide the real error
                 call.span.add_event("stage_error", {"stage": stage.name, "error": repr(cleanup_error)})
+        billed = _billed(call)
         if hasattr(error, "_trace"):
             error._trace = call.span.trace_ref
-        call.span.set_attributes(
-            {"mlflow_lite.error": f"{type(error).__name__}: {error}", "mlflow_lite.cost_usd": _billed(call)}
-        )
+            error.cost = billed
+        call.span.set_attributes({"mlflow_lite.error": f"{type(error).__name__}: {error}", "mlflow_lite.cost_usd": billed})
         call.span.end(error=error)
 
     def _finish(self, call: Call, response: Response, stopped_early: bool = False) -> Response:
@@ -294,6 +294,7 @@ class Pipeline:
         if rejection is not None:
             if hasattr(rejection, "_trace"):
                 rejection._trace = call.span.trace_ref
+                rejection.cost = response.cost  # the rejected answer was paid for
             call.span.set_attributes({"mlflow_lite.error": f"{type(rejection).__name__}: {rejection}"})
         call.span.end(outputs=chat_outputs(response), error=rejection)
         if rejection is not None:

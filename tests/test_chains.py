@@ -158,6 +158,7 @@ def test_a_failing_step_stops_the_chain_and_is_named(client, news):
     root = _spans_by_name(trace)["newsroom"]
     assert root.attributes["mlflow_lite.chain.failed_step"] == "extract_entities"
     assert root.attributes["mlflow_lite.cost_usd"] == pytest.approx(error.results[0].cost)
+    assert error.cause.cost == 0.0 and error.cost == pytest.approx(error.results[0].cost)  # a 500 is not billed
     assert _spans_by_name(trace)["extract_entities"].status.status_code == "ERROR"
     assert "classify" not in _spans_by_name(trace)
 
@@ -169,6 +170,14 @@ def test_a_step_failing_validation_stops_the_chain(client, news):
     with pytest.raises(ChainStepError, match="'classify'.*ValidationError") as info:
         workflow.run(ARTICLE)
     assert isinstance(info.value.cause, ml.ValidationError) and len(info.value.results) == 2
+
+    # The rejected answer was paid for: the chain's cost counts it, on the error and on the trace.
+    error = info.value
+    paid = error.cause.response.cost
+    assert paid > 0 and error.cause.cost == paid
+    assert error.cost == pytest.approx(sum(r.cost for r in error.results) + paid)
+    root = _spans_by_name(get_trace(error.trace_id))["newsroom"]
+    assert root.attributes["mlflow_lite.cost_usd"] == pytest.approx(error.cost)
 
 
 def test_second_run_is_served_from_the_cache(client, news):
