@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from . import deadline
 from .sqlite_util import enable_wal
 from .errors import ArgumentError, MlflowLiteError, TracedError, check_number
 from .pipeline import Call, Stage
@@ -1125,7 +1126,8 @@ class BudgetStage(Stage):
         scope, amount, periods = self._request(call)
         buckets = [(scope, p.key, limit) for p, limit in periods]
         try:
-            reservation = self.ledger.reserve_many(buckets, amount, max_wait=self.budget.max_wait, lease=True)
+            max_wait = deadline.bound(self.budget.max_wait)  # never past the request's deadline
+            reservation = self.ledger.reserve_many(buckets, amount, max_wait=max_wait, lease=True)
         except BudgetExceededError as refused:
             raise self._refuse(call, refused, periods) from None
         except Exception as exc:
@@ -1137,7 +1139,8 @@ class BudgetStage(Stage):
         scope, amount, periods = self._request(call)
         buckets = [(scope, p.key, limit) for p, limit in periods]
         try:
-            reservation = await self.ledger.areserve_many(buckets, amount, max_wait=self.budget.max_wait, lease=True)
+            max_wait = deadline.bound(self.budget.max_wait)
+            reservation = await self.ledger.areserve_many(buckets, amount, max_wait=max_wait, lease=True)
         except BudgetExceededError as refused:
             raise self._refuse(call, refused, periods) from None
         except Exception as exc:

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import deadline
 from .errors import ArgumentError, MlflowLiteError
 from .pipeline import Call, Stage
 from .response import Response
@@ -208,7 +209,7 @@ class RateLimitStage(Stage):
         if any(p.unit == "tokens" for p in paces):  # counting tokens costs: only when limited
             tokens = float(call.prompt_tokens + int(call.request.params.get("max_tokens") or 0))
         costs = [(p, 1.0 if p.unit == "requests" else tokens) for p in paces]
-        wait = self.schedule.reserve(costs, self.max_wait)
+        wait = self.schedule.reserve(costs, deadline.bound(self.max_wait))  # never past the request's deadline
         if wait > 0:
             call.span.add_event("rate_limit_wait", {"seconds": round(wait, 4)})
             call.span.set_attributes({"mlflow_lite.rate_limit_wait_s": round(wait, 4)})

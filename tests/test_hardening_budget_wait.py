@@ -344,3 +344,32 @@ def test_set_budget_defaults_and_explicit_max_wait(tmp_path):
     assert c.pipeline.get("budget").budget.max_wait == 0
     c.set_budget(daily_limit=10.0, path=str(tmp_path / "b.db"), max_wait=None)
     assert c.pipeline.get("budget").budget.max_wait is None
+
+
+def test_waiting_stops_at_the_requests_deadline(tmp_path):
+    """A served request answered 504 at its deadline must not keep a worker waiting for budget or
+    rate-limit room: both waits are bounded by what is left of the deadline, not only max_wait."""
+    from mlflow_lite_plugin import deadline
+
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    c = _priced_client()
+    stage = BudgetStage(Budget(daily_limit=1.0, max_wait=30), ledger)
+    c.add_stage(stage)
+    period, limit = stage.periods()[0]
+    blocker = ledger.reserve("global", period.key, limit, limit)  # a call in flight that never settles
+    with deadline.running(0.5):
+        started = time.monotonic()
+        with pytest.raises(BudgetExceededError) as refused:
+            c.query(model=STUB_MODEL, prompt="hi", max_tokens=10, api_base="http://127.0.0.1:9", api_key="sk-x")
+        took = time.monotonic() - started
+    assert refused.value.waited > 0 and took < 10  # max_wait alone would have waited 30 s
+    ledger.release(blocker)
+
+    limited = ml.Client(model="lite/echo", tracing=False)
+    limited.set_rate_limit(requests_per_minute=1, max_wait=30)
+    limited.query("first")  # takes the only slot of this minute
+    with deadline.running(0.5):
+        started = time.monotonic()
+        with pytest.raises(ml.RateLimitExceededError):
+            limited.query("second")
+    assert time.monotonic() - started < 10
