@@ -170,8 +170,10 @@ def test_save_refuses_secrets_by_value_and_by_name(tmp_path, settings, where):
 
 def test_log_model_refuses_secret_metadata_before_logging():
     key = "sk-live-" + uuid.uuid4().hex
-    mlflow.set_experiment("secrets-log-model")
-    with mlflow.start_run() as run:
+    # Not mlflow.set_experiment: it sets MLFLOW_EXPERIMENT_ID for the whole process, and later
+    # tests' subprocesses on other stores would look for that experiment.
+    experiment = mlflow.create_experiment(f"secrets-log-model-{uuid.uuid4().hex[:8]}")
+    with mlflow.start_run(experiment_id=experiment) as run:
         with pytest.raises(MlflowException, match="metadata.token holds a credential"):
             ml.log_model(name="leaky", model="gpt-4o", prompt=PROMPT, metadata={"token": key})
     assert key not in json.dumps(mlflow.get_run(run.info.run_id).to_dictionary())
