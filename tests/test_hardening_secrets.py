@@ -113,16 +113,14 @@ def ui_with_password_in_tracking_uri(monkeypatch):
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    previous = mlflow.get_tracking_uri()
     password = "pw-" + uuid.uuid4().hex[:8]
-    mlflow.set_tracking_uri(f"http://admin:{password}@127.0.0.1:{free_port()}")
-    try:
-        client = ml.Client()
-        client.set_tracing(enabled=False)
-        app = create_app(client, experiment="secrets-ui")
-        yield TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False), password
-    finally:
-        mlflow.set_tracking_uri(previous)
+    # The environment, not mlflow.set_tracking_uri: an explicitly set URI outlives the test and
+    # hides the MLFLOW_TRACKING_URI later tests set.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://admin:{password}@127.0.0.1:{free_port()}")
+    client = ml.Client()
+    client.set_tracing(enabled=False)
+    app = create_app(client, experiment="secrets-ui")
+    yield TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False), password
 
 
 def test_ui_errors_never_show_the_tracking_password(ui_with_password_in_tracking_uri, caplog):
