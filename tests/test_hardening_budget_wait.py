@@ -17,24 +17,18 @@ import uuid
 import pytest
 
 import mlflow_lite_plugin as ml
-from mlflow_lite_plugin.budget import Budget, BudgetExceededError, BudgetStage, RedisLedger, SQLiteLedger
+from mlflow_lite_plugin.budget import Budget, BudgetExceededError, BudgetStage, SQLiteLedger
+
+from .test_budget import ledger_factory  # noqa: F401  (a fixture: SQLite and Redis ledgers on one storage)
 
 PER_MILLION = 1000.0  # $0.001 per token, in and out
 STUB_MODEL = "openai/budget-wait-model"
 
 
-def _prefix() -> str:
-    return f"test:{uuid.uuid4().hex[:8]}:{{budget}}:"
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request, tmp_path):
+@pytest.fixture
+def backend(request, ledger_factory):
     """(name, make_ledger(**kw)): ledgers of one backend on the same storage, like processes."""
-    if request.param == "sqlite":
-        path = tmp_path / "ledger.db"
-        return "sqlite", lambda **kw: SQLiteLedger(path, **kw)
-    url, prefix = request.getfixturevalue("redis_url"), _prefix()
-    return "redis", lambda **kw: RedisLedger(url, prefix=prefix, **kw)
+    return request.node.callspec.params["ledger_factory"], ledger_factory
 
 
 def _priced_client() -> ml.Client:
