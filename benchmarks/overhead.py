@@ -50,7 +50,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 import mlflow_lite_plugin as ml  # noqa: E402
-from mlflow_lite_plugin.models import litellm_module  # noqa: E402
+from mlflow_lite_plugin.core.model_names import litellm_module  # noqa: E402
 from mlflow_lite_plugin.testing import StubLLMServer  # noqa: E402
 
 EXPERIMENT = "overhead-benchmark"

@@ -19,7 +19,7 @@ latencies.
    Its ``api_base`` is a dead loopback port: a miss would fail the request, and the run stops.
    Every request is traced into the benchmark's private sqlite MLflow store, as deployed: under
    ``mlflow models serve`` the model's traces are written by an exporter child process, in
-   batches (``mlflow_lite_plugin/trace_export.py``; ``--trace-export thread`` for the in-process
+   batches (``mlflow_lite_plugin/tracing/export.py``; ``--trace-export thread`` for the in-process
    writer instead).
 2. ``no-op``: a ``mlflow.pyfunc.PythonModel`` whose ``predict`` returns the input strings.
 
@@ -338,7 +338,7 @@ def count_traces() -> int:
     """Traces in the benchmark store (the served model writes to MLflow's default experiment)."""
     import mlflow
 
-    from mlflow_lite_plugin.tracing import open_store
+    from mlflow_lite_plugin.tracing.tracer import open_store
 
     open_store(mlflow.get_tracking_uri())  # not at the same time as the exporter creates its schema
     experiment = mlflow.get_experiment_by_name("Default")

@@ -13,7 +13,7 @@ import os as _os
 # by default, and a value the user set wins.
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from .client import (  # noqa: E402
+from mlflow_lite_plugin.client import (  # noqa: E402
     Client,
     add_metric,
     add_to_cache,
@@ -51,7 +51,7 @@ from .client import (  # noqa: E402
     semantic_cache,
     stream,
 )
-from .errors import (  # noqa: E402
+from mlflow_lite_plugin.core.errors import (  # noqa: E402
     ArgumentError,
     MlflowLiteError,
     ProviderAuthError,
@@ -64,12 +64,12 @@ from .errors import (  # noqa: E402
     RequestEncodingError,
     ValidationError,
 )
-from .deadline import DeadlineExceededError  # noqa: E402
-from .metrics import MetricResult  # noqa: E402
-from .pipeline import Call, Stage  # noqa: E402
-from .budget import BudgetExceededError  # noqa: E402
-from .ratelimit import RateLimitExceededError  # noqa: E402
-from .response import Response, Stream  # noqa: E402
+from mlflow_lite_plugin.core.deadline import DeadlineExceededError  # noqa: E402
+from mlflow_lite_plugin.controls.metrics import MetricResult  # noqa: E402
+from mlflow_lite_plugin.core.pipeline import Call, Stage  # noqa: E402
+from mlflow_lite_plugin.controls.budget.stage import BudgetExceededError  # noqa: E402
+from mlflow_lite_plugin.controls.ratelimit import RateLimitExceededError  # noqa: E402
+from mlflow_lite_plugin.core.response import Response, Stream  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -77,17 +77,17 @@ __version__ = "0.1.0"
 # needed to answer a first query, whose cold start is a measured target.
 _LAZY = {
     **dict.fromkeys(("save_model", "log_model", "load_model"), "flavor"),
-    **dict.fromkeys(("promote", "PromotionRefusedError"), "registry"),
-    **dict.fromkeys(("ABTest", "ABTestError", "ab_test"), "abtest"),
-    **dict.fromkeys(("Chain", "ChainResult", "ChainStepError", "Step", "StepResult"), "chains"),
-    **dict.fromkeys(("Router", "RoutingDecision", "estimate_complexity"), "routing"),
-    **dict.fromkeys(("list_templates", "register_template"), "templates"),
-    **dict.fromkeys(("ValidationResult",), "validation"),
+    **dict.fromkeys(("promote", "PromotionRefusedError"), "flavor.promotion"),
+    **dict.fromkeys(("ABTest", "ABTestError", "ab_test"), "workflows.abtest"),
+    **dict.fromkeys(("Chain", "ChainResult", "ChainStepError", "Step", "StepResult"), "workflows.chains"),
+    **dict.fromkeys(("Router", "RoutingDecision", "estimate_complexity"), "controls.routing"),
+    **dict.fromkeys(("list_templates", "register_template"), "prompts.templates"),
+    **dict.fromkeys(("ValidationResult",), "controls.validation.rules"),
     **dict.fromkeys(
         ("ApprovalKeyError", "PermissionDeniedError", "ProposalStateError", "SelfApprovalError",
          "UnverifiedApprovalError", "approve_prompt", "pending_prompts", "promote_prompt", "propose_prompt",
          "reject_prompt", "verify_approval"),
-        "collaboration",
+        "prompts.approvals",
     ),
 }
 

@@ -8,26 +8,26 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
-from . import tracing as tracing_module
-from .cache.backends import make_backend
-from .cache.stage import ExactCacheStage, SemanticCacheStage
-from .cache.stats import CacheStats
-from .batch import BatchItem, check_concurrency, gather_bounded, item_kwargs, run_sync
-from .errors import ArgumentError, MlflowLiteError, check_number
-from .metrics import Metrics, MetricsStage
-from .models import ModelResolver
-from .pipeline import Call, Pipeline, Stage, chat_inputs
-from . import budget as budget_module
-from .pricing import Pricing
-from .ratelimit import LocalSchedule, RateLimit, RateLimitStage, RedisSchedule
-from .providers import Provider
-from .request import build_request
-from .response import Response, Stream, usage_dict
-from .validation_stage import ValidationStage
+from mlflow_lite_plugin.tracing import tracer as tracing_module
+from mlflow_lite_plugin.cache.backends import make_backend
+from mlflow_lite_plugin.cache.stage import ExactCacheStage, SemanticCacheStage
+from mlflow_lite_plugin.cache.stats import CacheStats
+from mlflow_lite_plugin.core.batch import BatchItem, check_concurrency, gather_bounded, item_kwargs, run_sync
+from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, check_number
+from mlflow_lite_plugin.controls.metrics import Metrics, MetricsStage
+from mlflow_lite_plugin.core.model_names import ModelResolver
+from mlflow_lite_plugin.core.pipeline import Call, Pipeline, Stage, chat_inputs
+from mlflow_lite_plugin.controls.budget import stage as budget_module
+from mlflow_lite_plugin.core.pricing import Pricing
+from mlflow_lite_plugin.controls.ratelimit import LocalSchedule, RateLimit, RateLimitStage, RedisSchedule
+from mlflow_lite_plugin.core.providers import Provider
+from mlflow_lite_plugin.core.request import build_request
+from mlflow_lite_plugin.core.response import Response, Stream, usage_dict
+from mlflow_lite_plugin.controls.validation.stage import ValidationStage
 
 if TYPE_CHECKING:
-    from .cache.semantic import SemanticCache
-    from .routing import Router
+    from mlflow_lite_plugin.cache.semantic import SemanticCache
+    from mlflow_lite_plugin.controls.routing import Router
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -125,7 +125,7 @@ class Client:
         keywords (``input=...``, ``labels=[...]``); every ``query`` keyword works too. The
         template's default validation applies unless ``validate=`` overrides it (``False`` turns
         it off). Traced with the template's name and version."""
-        from . import templates
+        from mlflow_lite_plugin.prompts import templates
 
         chosen = templates.resolve_template(template, version)
         variables, query_kwargs = templates.split_kwargs(chosen, kwargs)
@@ -157,7 +157,7 @@ class Client:
         """Store a human ``rating`` (HUMAN feedback "rating") and/or ``correction`` (the expectation
         "expected_response") on an MLflow trace; with feedback learning on, they become few-shot
         examples for similar later queries. Returns the logged assessments."""
-        from . import feedback
+        from mlflow_lite_plugin.feedback import human as feedback
 
         return feedback.record_feedback(
             trace_id, rating, correction, user=user, comment=comment, scale=scale,
@@ -176,7 +176,7 @@ class Client:
         """Turn corrections and top-rated answers into few-shot examples for later similar queries
         of the same system prompt or template (nearest by embedding), versioned in MLflow's
         Prompt Registry."""
-        from . import feedback
+        from mlflow_lite_plugin.feedback import human as feedback
 
         return feedback.set_feedback_learning(
             self.pipeline, enabled, max_examples=max_examples, min_rating=min_rating,
@@ -189,7 +189,7 @@ class Client:
         kept and dropped (``.to_pandas()``, ``.to_mlflow_dataset()``)."""
         self.flush_traces()  # this client's pending traces are part of the data
         options.setdefault("experiment", self.tracer.experiment)
-        from . import datasets
+        from mlflow_lite_plugin.feedback import datasets
 
         return datasets.export_dataset(path, **options)
 
@@ -205,14 +205,14 @@ class Client:
         """Model tiers for ``smart_query``, cheapest first (default ``{"fast": "gpt-4o-mini",
         "quality": "gpt-4o"}``), the complexity cut-offs between them, and the default upgrade
         tier when a cheap answer fails validation or errors (None: no upgrade)."""
-        from .routing import Router
+        from mlflow_lite_plugin.controls.routing import Router
 
         self.router = Router(tiers, thresholds=thresholds, fallback=fallback)
 
     def smart_query(self, prompt: str | None = None, **kwargs: Any) -> Response:
         """Route to a model tier by the prompt's own complexity (no extra model call), upgrading
         when the cheap answer fails; ``r.routing`` holds the decision (score, reasons, tier)."""
-        from .routing import smart_query
+        from mlflow_lite_plugin.controls.routing import smart_query
 
         return smart_query(self, prompt, **kwargs)
 
@@ -344,7 +344,7 @@ class Client:
         ):
             raise ArgumentError("max_query_chars", f"must be a positive number of characters, got {max_query_chars!r}")
         if cache is None:
-            from .cache.semantic import SemanticCache
+            from mlflow_lite_plugin.cache.semantic import SemanticCache
 
             options: dict[str, Any] = {"model": model, "ttl": ttl, "max_entries": max_entries, "verify": verify}
             if threshold is not None:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
-from ..errors import ArgumentError
-from ..sqlite_util import enable_wal
+from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.storage.sqlite import enable_wal
 
 _logger = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from ..pipeline import Call
+from mlflow_lite_plugin.core.pipeline import Call
 
 # Parameters that never change what the model says.
 TRANSPORT_PARAMS = frozenset(

@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import MlflowLiteError
-from .embeddings import Embedder, EmbeddingModelError, canonical_model_name, get_embedder
-from .verify import normalize, verify as verify_pair
+from mlflow_lite_plugin.core.errors import MlflowLiteError
+from mlflow_lite_plugin.cache.embeddings import Embedder, EmbeddingModelError, canonical_model_name, get_embedder
+from mlflow_lite_plugin.cache.verify import normalize, verify as verify_pair
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import faiss

@@ -29,8 +29,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
 
-from .. import deadline
-from .backends import BackendSkipped
+from mlflow_lite_plugin.core import deadline
+from mlflow_lite_plugin.cache.backends import BackendSkipped
 
 _logger = logging.getLogger(__name__)
 

@@ -7,17 +7,17 @@ import numbers
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..pipeline import Call, Stage
-from ..attachments import has_images
-from ..response import Response, usage_dict
-from ..validation_stage import check_answer
-from .backends import BackendSkipped, CacheBackend, RedisBackend
-from .keys import exact_key, scope_key
-from .singleflight import Lease, SingleFlight
-from .stats import CacheStats
+from mlflow_lite_plugin.core.pipeline import Call, Stage
+from mlflow_lite_plugin.core.attachments import has_images
+from mlflow_lite_plugin.core.response import Response, usage_dict
+from mlflow_lite_plugin.controls.validation.stage import check_answer
+from mlflow_lite_plugin.cache.backends import BackendSkipped, CacheBackend, RedisBackend
+from mlflow_lite_plugin.cache.keys import exact_key, scope_key
+from mlflow_lite_plugin.cache.singleflight import Lease, SingleFlight
+from mlflow_lite_plugin.cache.stats import CacheStats
 
 if TYPE_CHECKING:
-    from .semantic import SemanticCache
+    from mlflow_lite_plugin.cache.semantic import SemanticCache
 
 _logger = logging.getLogger(__name__)
 

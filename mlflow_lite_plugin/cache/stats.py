@@ -6,8 +6,8 @@ import threading
 from collections import defaultdict
 from typing import Any
 
-from ..pipeline import Call
-from ..response import Response
+from mlflow_lite_plugin.core.pipeline import Call
+from mlflow_lite_plugin.core.response import Response
 
 
 class CacheStats:

@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
-from ..errors import ArgumentError
-from ..metrics import Metric, MetricResult
-from ..response import Response, usage_dict
+from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.controls.metrics import Metric, MetricResult
+from mlflow_lite_plugin.core.response import Response, usage_dict
 
 _logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def _count(value: Any) -> int | None:
 
 def select_metrics(names: Any) -> list[Metric]:
     """The ``ml.add_metric`` metrics of the default client: all of them, or those named."""
-    from .. import get_default_client
+    from mlflow_lite_plugin import get_default_client
 
     registry = get_default_client().metrics
     if names is None:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
 if TYPE_CHECKING:
-    from ..client import Client
-    from ..pipeline import Pipeline
+    from mlflow_lite_plugin.client import Client
+    from mlflow_lite_plugin.core.pipeline import Pipeline
 
 _logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class LiteRunContextProvider(RunContextProvider):
         return True
 
     def tags(self) -> dict[str, str]:
-        from .. import __version__
+        from mlflow_lite_plugin import __version__
 
         tags = {"mlflow_lite.version": __version__}
         try:
@@ -42,7 +42,7 @@ class LiteRunContextProvider(RunContextProvider):
 
 def client_tags() -> dict[str, str]:
     """Tags describing the default client, or none if it was never created."""
-    from .. import client as client_module
+    from mlflow_lite_plugin import client as client_module
 
     client = client_module._default
     if client is None:
@@ -60,7 +60,7 @@ def client_tags() -> dict[str, str]:
 def describe_cache(pipeline: Pipeline) -> str | None:
     """E.g. ``exact(memory, ttl=3600); semantic(threshold=0.725)``. Backend URLs and paths are left
     out: a Redis URL can carry a password."""
-    from ..cache.stage import ExactCacheStage, SemanticCacheStage
+    from mlflow_lite_plugin.cache.stage import ExactCacheStage, SemanticCacheStage
 
     parts = []
     exact = pipeline.get(ExactCacheStage.name)
@@ -81,7 +81,7 @@ def _cache_rules(ttl: float | None, max_temperature: float | None) -> list[str]:
 
 def describe_budget(pipeline: Pipeline) -> str | None:
     """E.g. ``daily=10.0 USD, monthly=200.0 USD, scope=global``."""
-    from ..budget import BudgetStage
+    from mlflow_lite_plugin.controls.budget.stage import BudgetStage
 
     stage = pipeline.get(BudgetStage.name)
     if not isinstance(stage, BudgetStage):
@@ -92,7 +92,7 @@ def describe_budget(pipeline: Pipeline) -> str | None:
 
 def describe_rate_limit(pipeline: Pipeline) -> str | None:
     """E.g. ``60 rpm; gpt-4o: 30000 tpm`` (a limit without a model applies to all models)."""
-    from ..ratelimit import RateLimitStage
+    from mlflow_lite_plugin.controls.ratelimit import RateLimitStage
 
     stage = pipeline.get(RateLimitStage.name)
     if not isinstance(stage, RateLimitStage) or not stage.limits:

@@ -2,7 +2,7 @@
 
 import socket
 
-from .stub_server import Fault, RecordedRequest, StubLLMServer
+from mlflow_lite_plugin.testing.stub_server import Fault, RecordedRequest, StubLLMServer
 
 
 def free_port() -> int:

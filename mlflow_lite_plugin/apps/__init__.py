@@ -1,0 +1,1 @@
+"""What users run: the ``mlflow-lite`` command, the demo and the web UI."""

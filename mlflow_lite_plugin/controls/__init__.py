@@ -1,0 +1,1 @@
+"""The pipeline's controls: budget and alerts, rate limit, validation, metrics, routing."""

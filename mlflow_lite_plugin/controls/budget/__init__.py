@@ -1,0 +1,1 @@
+"""Budgets: the spend ledger, the reserve/settle stage and the alerts."""

@@ -1,0 +1,1 @@
+"""Validation: rules, the incremental JSON stream checker and the pipeline stage."""

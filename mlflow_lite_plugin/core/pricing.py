@@ -1,0 +1,175 @@
+"""Tokens and prices: counting, pre-call estimates and the cost of an answer.
+
+Prices come from LiteLLM's price map (read from the installed package, never the network) unless
+overridden with ``set_model_price``. A model without a known price costs ``None``, with one
+warning per model, never a silent $0.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from mlflow_lite_plugin.core.attachments import split_images, url_tokens
+from mlflow_lite_plugin.core.errors import ArgumentError, check_number
+from mlflow_lite_plugin.core.model_names import OFFLINE_PROVIDER, ModelRef, litellm_module
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per token."""
+
+    input: float
+    output: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.input + completion_tokens * self.output
+
+
+FREE = Price(0.0, 0.0)
+
+# Runtimes on your own machine: $0 per token unless you set a price (for your hardware, say).
+LOCAL_PROVIDERS = frozenset({"ollama", "ollama_chat", "llamafile", "lm_studio"})
+
+# Per-token rates of LiteLLM's price map that a call can be billed at besides the base price:
+# long-context tiers (input_cost_per_token_above_200k_tokens), priority processing, cache writes
+# (cache_creation_input_token_cost), audio/image/reasoning tokens.
+_INPUT_RATE = re.compile(r"^(input_cost_per_(\w+_)?token|cache_creation_input(_\w+)?_token_cost)(_\w+)?$")
+_OUTPUT_RATE = re.compile(r"^output_cost_per_(\w+_)?token(_\w+)?$")
+_TIER = re.compile(r"above_(\d+)k_tokens")
+
+
+def _rate_applies(key: str, tokens: int, service_tier: str | None, cache_writes: bool, audio: bool) -> bool:
+    """Whether the price-map rate ``key`` can apply to a call (see ``Pricing.highest_price``)."""
+    if "batches" in key:
+        return False
+    for tier in ("priority", "flex"):
+        if tier in key and service_tier != tier:
+            return False
+    threshold = _TIER.search(key)
+    if threshold and tokens <= int(threshold.group(1)) * 1000:
+        return False
+    if key.startswith("cache_creation") and not cache_writes:
+        return False
+    return audio or "audio" not in key
+
+
+class Pricing:
+    def __init__(self) -> None:
+        self._overrides: dict[str, Price] = {}
+        self._unknown: set[str] = set()
+        self._rates: dict[str, dict[str, float]] = {}  # a model's conditional per-token rates
+        self._lock = threading.Lock()
+
+    def set_price(self, model: ModelRef, input_per_million: float, output_per_million: float) -> None:
+        for name, value in (("input_per_million", input_per_million), ("output_per_million", output_per_million)):
+            if value is None:
+                raise ArgumentError(name, "is required (USD per million tokens)")
+            check_number(name, value, allow_zero=True, unit="USD per million tokens")
+        price = Price(input_per_million / 1e6, output_per_million / 1e6)
+        with self._lock:
+            self._overrides[model.name] = price
+            self._overrides[model.requested] = price
+            self._unknown.discard(model.name)
+
+    def price(self, model: ModelRef) -> Price | None:
+        """The per-token price of ``model``, or None (warned once) when nobody knows it."""
+        override = self._overrides.get(model.name) or self._overrides.get(model.requested)
+        if override is not None:
+            return override
+        if model.provider == OFFLINE_PROVIDER:
+            return FREE
+        litellm = litellm_module()
+        try:
+            input_cost, output_cost = litellm.cost_per_token(model=model.name, prompt_tokens=1, completion_tokens=1)
+        except Exception:
+            if model.provider in LOCAL_PROVIDERS:
+                return FREE
+            self._warn_unknown(model)
+            return None
+        return Price(float(input_cost), float(output_cost))
+
+    def highest_price(
+        self, model: ModelRef, *, tokens: int = 0, service_tier: str | None = None, cache_writes: bool = False,
+        audio: bool = False,
+    ) -> Price | None:
+        """The most ``model`` can charge per token for a call like this one (None when its price
+        is unknown): the highest input and output rates of LiteLLM's price map that can apply to
+        it, so a worst case bounds every bill. Rates tied to a condition count only under it: a
+        long-context tier when ``tokens`` pass its threshold, priority or flex processing when
+        ``service_tier`` asks for it, cache writes when the request marks ``cache_control``,
+        audio tokens with audio. Batch-API rates never apply here; reasoning and image tokens
+        always may. A price set with ``set_model_price`` is the price."""
+        price = self.price(model)
+        if price is None or price is FREE or model.name in self._overrides or model.requested in self._overrides:
+            return price
+        rates = self._rates.get(model.name)
+        if rates is None:
+            try:
+                info = litellm_module().get_model_info(model=model.name) or {}
+            except Exception:
+                info = {}
+            rates = self._rates[model.name] = {
+                key: float(value)
+                for key, value in info.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (_INPUT_RATE.match(key) or _OUTPUT_RATE.match(key))
+            }
+        inputs, outputs = [price.input], [price.output]
+        for key, value in rates.items():
+            if _rate_applies(key, tokens, service_tier, cache_writes, audio):
+                (inputs if _INPUT_RATE.match(key) else outputs).append(value)
+        return Price(max(inputs), max(outputs))
+
+    def breakdown(
+        self, model: ModelRef, prompt_tokens: int, completion_tokens: int, raw: Any = None
+    ) -> dict[str, float] | None:
+        """USD of a call as MLflow's ``mlflow.llm.cost`` wants it (input, output, total), or None
+        when the price is unknown. With the provider's ``raw`` response LiteLLM's own accounting
+        gives the total (cached and reasoning tokens, tiers); otherwise tokens times the price."""
+        price = self.price(model)
+        if price is None:
+            return None
+        total = price.cost(prompt_tokens, completion_tokens)
+        overridden = model.name in self._overrides or model.requested in self._overrides
+        if raw is not None and price is not FREE and not overridden:
+            try:
+                total = float(litellm_module().completion_cost(completion_response=raw, model=model.name))
+            except Exception:
+                pass  # the per-token price is close enough
+        input_cost = prompt_tokens * price.input
+        return {"input_cost": input_cost, "output_cost": total - input_cost, "total_cost": total}
+
+    def cost(self, model: ModelRef, prompt_tokens: int, completion_tokens: int, raw: Any = None) -> float | None:
+        """USD for a call (see :meth:`breakdown`), or None when the price is unknown."""
+        parts = self.breakdown(model, prompt_tokens, completion_tokens, raw)
+        return None if parts is None else parts["total_cost"]
+
+    def count_tokens(self, model: ModelRef, text: str | Sequence[dict[str, Any]]) -> int:
+        """Tokens of a text or a message list with the model's tokenizer (bundled, offline)."""
+        litellm = litellm_module()
+        if isinstance(text, str):
+            return int(litellm.token_counter(model=model.name, text=text))
+        if isinstance(text, Sequence):
+            # Images by their pixel size (LiteLLM would download URL images to measure them).
+            messages, images = split_images(list(text))
+            tokens = int(litellm.token_counter(model=model.name, messages=messages))
+            return tokens + sum(url_tokens(url, model.provider) for url in images)
+        raise ArgumentError("text", f"must be a string or a list of messages, got {type(text).__name__}")
+
+    def _warn_unknown(self, model: ModelRef) -> None:
+        with self._lock:
+            if model.name in self._unknown:
+                return
+            self._unknown.add(model.name)
+        _logger.warning(
+            "No known price for model %r: its cost is reported as None. Set one with "
+            "ml.set_model_price(%r, input_per_million=..., output_per_million=...).",
+            model.name,
+            model.requested,
+        )

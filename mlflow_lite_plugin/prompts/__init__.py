@@ -1,0 +1,1 @@
+"""Prompt templates (built-in and MLflow Prompt Registry) and their approval workflow."""

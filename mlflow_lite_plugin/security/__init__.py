@@ -1,0 +1,1 @@
+"""Secrets: the one detector and scrubber of credentials in everything that leaves the process."""

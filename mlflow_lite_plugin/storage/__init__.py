@@ -1,0 +1,1 @@
+"""State shared between threads, processes and replicas: memory, SQLite and Redis."""

@@ -1,0 +1,1 @@
+"""Several calls composed: multi-step chains and A/B tests with their statistics."""
