@@ -38,6 +38,7 @@ os.chdir(WORKDIR)
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
+import functools  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import pstats  # noqa: E402
@@ -46,8 +47,9 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import mlflow_lite_plugin as ml  # noqa: E402
 from mlflow_lite_plugin.core.model_names import litellm_module  # noqa: E402
@@ -158,8 +160,8 @@ def measure_latency(api_base: str, n: int, warmup: int, latency: float) -> list[
     for i in range(n):
         prompt = f"Question {i}: how do I reset my password?"
         calls = {
-            "raw": lambda: raw_call(litellm, api_base, prompt),
-            "ours": lambda: our_call(api_base, prompt),
+            "raw": functools.partial(raw_call, litellm, api_base, prompt),
+            "ours": functools.partial(our_call, api_base, prompt),
         }
         for name in ("raw", "ours") if i % 2 == 0 else ("ours", "raw"):  # alternate who goes first
             samples[name].append(timed(calls[name]))
@@ -323,7 +325,7 @@ def print_summary(rows: list[Row]) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
 
     def line(values: tuple[str, ...]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
 
     print(line(columns))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -64,7 +64,7 @@ class Scores:
 
 
 def score(predicted: list[bool], labels: list[bool]) -> Scores:
-    pairs = list(zip(predicted, labels))
+    pairs = list(zip(predicted, labels, strict=True))
     return Scores(
         tp=sum(p and y for p, y in pairs),
         fp=sum(p and not y for p, y in pairs),
@@ -125,11 +125,11 @@ def report(name: str, path: Path, threshold: float) -> None:
     elapsed = time.perf_counter() - started
     s_v = score([v[0] for v in verified], labels)
     print(f"verified cache, default threshold          (t={threshold:.3f}): {s_v.row()}  [{elapsed:.1f}s]")
-    false_pos = [(p, c, v) for p, c, v, y in zip(pairs, cos, verified, labels) if v[0] and not y]
+    false_pos = [(p, c, v) for p, c, v, y in zip(pairs, cos, verified, labels, strict=True) if v[0] and not y]
     print(f"false positives of the verified cache: {len(false_pos)}")
     for pair, c, v in false_pos:
         print(f"  FP cos={c:.3f} | {pair['cached']!r} -> {pair['query']!r} | accepted: {v[2]}")
-    missed = [(p, c) for p, c, v, y in zip(pairs, cos, verified, labels) if not v[0] and y]
+    missed = [(p, c) for p, c, v, y in zip(pairs, cos, verified, labels, strict=True) if not v[0] and y]
     reasons: dict[str, int] = {}
     for pair, c in missed:
         kind = rejection_reason(pair, float(c), threshold).split(":")[0].split(" ")[0]
@@ -146,7 +146,7 @@ def sweep(path: Path) -> None:
     print(f"threshold sweep of the verified method on {path}")
     for t in np.arange(0.50, 0.951, 0.025):
         predicted = [verify(p["cached"], p["query"], float(c), threshold=float(t), embed_words=embed_words)[0]
-                     for p, c in zip(pairs, cos)]
+                     for p, c in zip(pairs, cos, strict=True)]
         print(f"  t={t:.3f}: {score(predicted, labels).row()}")
 
 

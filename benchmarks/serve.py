@@ -61,6 +61,7 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{WORKDIR}/bench.db"
 os.chdir(WORKDIR)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -248,7 +249,8 @@ class LoadResult:
         return self.requests / self.seconds
 
     def merge(self, other: LoadResult) -> LoadResult:
-        latencies = {k: self.latencies.get(k, []) + other.latencies.get(k, []) for k in {*self.latencies, *other.latencies}}
+        kinds = {*self.latencies, *other.latencies}
+        latencies = {k: self.latencies.get(k, []) + other.latencies.get(k, []) for k in kinds}
         return LoadResult(self.requests + other.requests, self.seconds + other.seconds, latencies,
                           self.errors + other.errors)
 
@@ -353,10 +355,8 @@ def wait_for_traces(expected: int, timeout: float) -> tuple[int, float]:
     start = time.perf_counter()
     count = 0
     while time.perf_counter() - start < timeout:
-        try:
+        with contextlib.suppress(Exception):  # the server may be writing: try again
             count = count_traces()
-        except Exception:  # the server may be writing: try again
-            pass
         if count >= expected:
             break
         time.sleep(1.0)
@@ -453,7 +453,8 @@ def main() -> int:
         ("no-op pyfunc", "all", noop.rps, noop.all_latencies()),
         ("mlflow_lite", "all", lite.rps, lite.all_latencies()),
     ]
-    rows += [("mlflow_lite", kind[:13], None, values) for kind, values in lite.latencies.items() if len(lite.latencies) > 1]
+    if len(lite.latencies) > 1:
+        rows += [("mlflow_lite", kind[:13], None, values) for kind, values in lite.latencies.items()]
     omp = f", OMP_NUM_THREADS={args.omp_threads}" if args.omp_threads is not None else ""
     if args.pool != "mixed":
         omp += f", lite pool: {args.pool} only"

@@ -25,7 +25,6 @@ from mlflow_lite_plugin.testing import StubLLMServer  # noqa: E402
 from tests.helpers import KEY, start_redis  # noqa: E402
 
 
-
 @pytest.fixture(scope="session")
 def store_dir() -> Path:
     return _STORE

@@ -33,7 +33,8 @@ def run_demo(model: str = "lite/echo") -> None:
     for chunk in chunks:
         say(chunk, nl=False)
     assert chunks.response is not None
-    say(f"\n   tokens: {chunks.response.total_tokens}, first token after {chunks.response.time_to_first_token * 1000:.1f} ms")
+    first_ms = chunks.response.time_to_first_token * 1000
+    say(f"\n   tokens: {chunks.response.total_tokens}, first token after {first_ms:.1f} ms")
 
     say(click.style("3. ml.count_tokens + ml.estimate_cost (no call)", bold=True))
     prompt = "Summarise our refund policy for a customer in two sentences."
@@ -77,7 +78,9 @@ def run_demo(model: str = "lite/echo") -> None:
 
     say(click.style("7. validation, custom metrics, templates", bold=True))
     ml.add_metric("words", lambda text: len(text.split()))
-    r = ml.query(model=model, prompt="Explain each step of the process", validate={"required_words": ["step", "process"]})
+    r = ml.query(
+        model=model, prompt="Explain each step of the process", validate={"required_words": ["step", "process"]}
+    )
     say(f"   required words: passed={r.validation.passed}; metrics: words={r.metrics['words'].value}")
     r = ml.query(model=model, prompt="Reply in JSON", validate={"format": "json"}, on_fail="return", cache=False)
     say(f"   format json:    passed={r.validation.passed}; errors: {r.validation.errors}")

@@ -12,7 +12,8 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -123,7 +124,7 @@ class Embedder:
         with self._words_lock:
             missing = [w for w in dict.fromkeys(words) if w not in self._words]
             if missing:
-                for word, vector in zip(missing, self.embed(missing)):
+                for word, vector in zip(missing, self.embed(missing), strict=True):
                     self._words[word] = vector
             found = np.stack([self._words[w] for w in words])
             while len(self._words) > _WORD_CACHE_SIZE:

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlflow_lite_plugin.core.errors import MlflowLiteError
 from mlflow_lite_plugin.cache.embeddings import Embedder, EmbeddingModelError, canonical_model_name, get_embedder
-from mlflow_lite_plugin.cache.verify import normalize, verify as verify_pair
+from mlflow_lite_plugin.cache.verify import normalize
+from mlflow_lite_plugin.cache.verify import verify as verify_pair
+from mlflow_lite_plugin.core.errors import MlflowLiteError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import faiss
@@ -337,7 +338,7 @@ class SemanticCache:
             k = min(_CANDIDATES, len(ids))
             scores, found = self._index.search(vector, k, params=faiss.SearchParameters(sel=selector))
             out = []
-            for entry_id, score in zip(found[0].tolist(), scores[0].tolist()):
+            for entry_id, score in zip(found[0].tolist(), scores[0].tolist(), strict=True):
                 entry = self._entries.get(entry_id)
                 if entry is None or entry.scope != scope or score < self.threshold:
                     continue  # -1 padding, or below the bar every non-identical question must clear

@@ -22,15 +22,16 @@ entities with word-level embeddings ("US" vs "America") instead of rejecting the
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
-from difflib import SequenceMatcher
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from difflib import SequenceMatcher
 
 import numpy as np
 
-__all__ = ["verify", "normalize", "MINIMAL_MAX_EDIT", "MINIMAL_MAX_SLOT", "MINIMAL_MIN_SHARED", "ENTITY_WORD_SIM"]
+__all__ = ["ENTITY_WORD_SIM", "MINIMAL_MAX_EDIT", "MINIMAL_MAX_SLOT", "MINIMAL_MIN_SHARED", "normalize", "verify"]
 
 EmbedWords = Callable[[list[str]], np.ndarray]
 
@@ -213,7 +214,7 @@ def _tokens(text: str) -> list[Token]:
         has_upper = any(c.isupper() for c in base)
         identifier = (
             (len(base) >= 2 and base.isupper() and base.lower() not in _CAPS_NOT_ENTITIES)
-            or any(c.isupper() for c in base[1:]) and not base.isupper()
+            or (any(c.isupper() for c in base[1:]) and not base.isupper())
             or (any(c.isdigit() for c in base) and any(c.isalpha() for c in base))
         )
         capitalised = has_upper and not sentence_start and base.lower() not in _CAPS_NOT_ENTITIES
@@ -238,7 +239,7 @@ def _merge_numbers(tokens: list[Token]) -> list[Token]:
     out: list[Token] = []
     value: int | None = None
     surface: list[str] = []
-    for tok in tokens + [Token("", "", "", "", False, False)]:
+    for tok in [*tokens, Token("", "", "", "", False, False)]:
         word = tok.norm
         if word in _UNITS:
             value = (value or 0) + _UNITS[word]
@@ -315,7 +316,7 @@ def _affix_opposed(x: str, y: str) -> bool:
         return False
     px, rx = _root(x)
     py, ry = _root(y)
-    if (px or py) and px != py and (rx == ry or rx == y or ry == x):
+    if (px or py) and px != py and (rx in (ry, y) or ry == x):
         return True
     for s1, s2 in SUFFIX_PAIRS:
         for p, q in ((x, y), (y, x)):
@@ -409,7 +410,7 @@ def _unmatched_entities(
         missing.append(tok.norm)
     if missing and embed_words is not None:
         words = [t.norm for t in other if _is_content(t.norm)]
-        candidates = words + [f"{x} {y}" for x, y in zip(words, words[1:])]
+        candidates = words + [f"{x} {y}" for x, y in itertools.pairwise(words)]
         missing = _without_word_counterparts(missing, candidates, embed_words)
     return missing
 
@@ -420,7 +421,7 @@ def _without_word_counterparts(words: list[str], candidates: list[str], embed_wo
         return words
     vectors = np.asarray(embed_words(words + candidates), dtype=np.float32)
     sims = vectors[: len(words)] @ vectors[len(words):].T
-    return [w for w, row in zip(words, sims) if float(row.max()) < ENTITY_WORD_SIM]
+    return [w for w, row in zip(words, sims, strict=True) if float(row.max()) < ENTITY_WORD_SIM]
 
 
 def _is_content(word: str) -> bool:
@@ -439,7 +440,7 @@ def _swapped_roles(a: Sequence[Token], b: Sequence[Token]) -> tuple[str, str, st
     shared = [k for k in pos_a if k in pos_b and _is_content(k[0])]
     if max(len(a), len(b)) > MAX_SWAP_SEARCH_TOKENS:
         order_b = sorted(shared, key=pos_b.__getitem__)
-        for x, y in zip(shared, order_b):
+        for x, y in zip(shared, order_b, strict=True):
             if x != y:
                 return x[0], y[0], "(reordered in a long text)"
         return None

@@ -21,9 +21,10 @@ import hashlib
 import math
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.uris import uri_scheme

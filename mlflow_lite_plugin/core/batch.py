@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-from typing import Any, Awaitable, Callable, Coroutine, Mapping, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
 

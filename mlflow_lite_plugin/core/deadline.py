@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from mlflow_lite_plugin.core.errors import MlflowLiteError
 

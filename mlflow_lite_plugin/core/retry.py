@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from mlflow_lite_plugin.core.errors import ProviderError
 from mlflow_lite_plugin.core.model_names import ModelRef

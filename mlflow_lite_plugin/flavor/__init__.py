@@ -6,7 +6,7 @@ Laid out like MLflow's own flavors (``mlflow.openai``): this module is the flavo
 
 from mlflow_lite_plugin.flavor.model import (
     FLAVOR_NAME,
-    _load_pyfunc,
+    _load_pyfunc,  # noqa: F401  (MLflow calls loader_module._load_pyfunc)
     get_default_conda_env,
     get_default_pip_requirements,
     load_model,

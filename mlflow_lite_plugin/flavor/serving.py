@@ -21,8 +21,9 @@ in front of the server (nginx ``client_max_body_size``).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 from mlflow.exceptions import MlflowException

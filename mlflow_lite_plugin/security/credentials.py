@@ -25,8 +25,9 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 REDACTED = "[redacted]"
 # Known values shorter than this would mask ordinary words ("test", "1234").

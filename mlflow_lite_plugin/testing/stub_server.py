@@ -27,9 +27,10 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any
 
 Reply = Callable[[str, list[dict[str, Any]]], str]
 # Tokens of a message list (the prompt) or of a text (an answer).
@@ -241,7 +242,8 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 self._json(400, {"error": {"message": "stub: body is not JSON", "type": "invalid_request_error"}})
                 return
-            stub._record(RecordedRequest("POST", self.path, body, {k.lower(): v for k, v in self.headers.items()}, time.time()))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            stub._record(RecordedRequest("POST", self.path, body, headers, time.time()))
             if self.path.endswith("/api/show"):
                 self._json(200, {"model_info": {}, "details": {}, "template": "", "capabilities": ["completion"]})
                 return
@@ -272,7 +274,7 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
                 return self._openai
             if path.endswith("/messages"):
                 return self._anthropic
-            if path.endswith("/api/chat") or path.endswith("/api/generate"):
+            if path.endswith(("/api/chat", "/api/generate")):
                 return self._ollama
             return None
 

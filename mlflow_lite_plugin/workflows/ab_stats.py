@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 

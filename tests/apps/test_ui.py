@@ -40,6 +40,7 @@ BROWSER_HINT = (
 class UI:
     url: str
     stub: StubLLMServer
+    client: ml.Client
 
     def run(self, **body) -> tuple[list[str], dict]:
         """POST /api/run: the streamed chunks and the final event's data."""
@@ -91,7 +92,7 @@ def ui(_stub_server: StubLLMServer, tmp_path_factory):
     while not server.started:
         assert time.monotonic() < deadline, "the UI server did not start"
         time.sleep(0.02)
-    yield UI(f"http://127.0.0.1:{sock.getsockname()[1]}", _stub_server)
+    yield UI(f"http://127.0.0.1:{sock.getsockname()[1]}", _stub_server, client)
     server.should_exit = True
     thread.join(10)
     client.flush_traces()
@@ -264,6 +265,43 @@ def test_dashboard_shows_spend_budget_and_charts(page, ui):
     )
 
 
+class Moderation(ml.Stage):
+    """A third-party stage that describes itself and has a status, like the built-in controls."""
+
+    name = "moderation"
+    order = 350
+
+    def describe(self):
+        return {"blocklist": 3}
+
+    def status(self):
+        return {"blocked": 0}
+
+
+def test_dashboard_api_lists_every_installed_control(ui):
+    """Regression: the dashboard knew the cache stage classes by name; a stage added with
+    add_stage() (and every control's settings and status) never reached the UI."""
+    ui.client.add_stage(Moderation())
+    try:
+        with httpx.Client(base_url=ui.url, timeout=60) as http:
+            response = http.get("/api/dashboard", params={"days": 1})
+    finally:
+        ui.client.pipeline.remove("moderation")
+    assert response.status_code == 200, response.text
+    controls = {c["name"]: c for c in response.json()["controls"]}
+    assert list(controls) == ["exact_cache", "moderation", "budget"]  # pipeline order
+    assert controls["moderation"] == {
+        "name": "moderation", "group": "moderation", "order": 350,
+        "settings": {"blocklist": 3}, "summary": "blocklist=3", "status": {"blocked": 0},
+    }
+    budget = controls["budget"]
+    assert budget["settings"] == {"daily_limit": 5.0, "scope": "global", "timezone": "UTC", "alerts": []}
+    assert budget["summary"] == "daily=5.0 USD, scope=global"
+    assert budget["status"]["limit"] == 5.0 and budget["status"]["period"] == "daily"
+    assert controls["exact_cache"]["settings"] == {"kind": "exact", "backend": "memory"}
+    assert set(controls["exact_cache"]["status"]) == {"hits", "misses", "hit_rate", "cost_saved"}
+
+
 def test_no_secret_in_any_response(ui, stub):
     """No API key or provider endpoint in any page, asset or API response, even where MLflow's
     trace holds the endpoint and where a provider's text quotes the key."""
@@ -300,7 +338,9 @@ def test_requests_cannot_set_provider_settings(ui):
 
 
 def test_cli_serves_the_ui_and_the_package_does_not_import_it(tmp_path):
-    probe = "import sys, mlflow_lite_plugin; print(sorted({'fastapi', 'mlflow_lite_plugin.apps.ui'} & set(sys.modules)))"
+    probe = (
+        "import sys, mlflow_lite_plugin; print(sorted({'fastapi', 'mlflow_lite_plugin.apps.ui'} & set(sys.modules)))"
+    )
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "[]\n"
 
     sock = _free_socket()

@@ -3,6 +3,7 @@ period per threshold (also across processes); a broken channel never blocks or f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -18,8 +19,15 @@ import pytest
 
 import mlflow_lite_plugin as ml
 from mlflow_lite_plugin.controls.budget.alerts import Alert, flush_alerts
+from mlflow_lite_plugin.controls.budget.stage import (
+    Budget,
+    BudgetExceededError,
+    BudgetStage,
+    SQLiteLedger,
+    set_alert,
+    usd,
+)
 from mlflow_lite_plugin.testing import free_port
-from mlflow_lite_plugin.controls.budget.stage import Budget, BudgetExceededError, BudgetStage, SQLiteLedger, set_alert, usd
 
 from tests.helpers import get_trace
 
@@ -62,7 +70,7 @@ def webhook_server():
     hooks = _Hooks()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
             time.sleep(hooks.delay)
             hooks.received.append({"body": json.loads(body), "content_type": self.headers["Content-Type"]})
@@ -92,11 +100,9 @@ def _client(tmp_path, *alerts: Alert, clock=None, tracing=False, limit=LIMIT, cl
 
 def _spend(c: ml.Client, calls: int) -> list:
     answers = []
-    for i in range(calls):
-        try:
+    for _ in range(calls):
+        with contextlib.suppress(BudgetExceededError):  # past the limit: refused, not answered
             answers.append(c.query(model=ECHO, prompt="hello world", max_tokens=10))
-        except BudgetExceededError:
-            pass
     return answers
 
 

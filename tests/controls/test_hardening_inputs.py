@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import mlflow_lite_plugin as ml
+from mlflow_lite_plugin.controls.validation.rules import Validator
 from mlflow_lite_plugin.core.errors import from_provider_exception
 from mlflow_lite_plugin.core.model_names import litellm_module
-from mlflow_lite_plugin.controls.validation.rules import Validator
 
 FALLBACK = "openai/gpt-4o-mini"
 
@@ -201,7 +201,11 @@ def test_local_encoding_error_is_an_argument_error_never_retried(client, stub, o
     # before sending and used to report a transient connection error, retried with backoff.
     with pytest.raises(ml.ArgumentError) as caught:
         client.query(
-            model="openai/gpt-4o", prompt="hi", provider_params={"labels": {"a", "b"}}, fallbacks=[FALLBACK], **openai_kw
+            model="openai/gpt-4o",
+            prompt="hi",
+            provider_params={"labels": {"a", "b"}},
+            fallbacks=[FALLBACK],
+            **openai_kw,
         )
     error = caught.value
     assert not isinstance(error, ml.ProviderError) and error.transient is False
@@ -229,7 +233,8 @@ def test_litellm_local_errors_are_classified_as_argument_errors(request, stub, m
     """Past our checks (a caller of LiteLLM's own), these fail inside LiteLLM before any byte is
     sent; LiteLLM calls them a connection error or a 500, which must not be read as transient."""
     with pytest.raises(Exception) as caught:
-        litellm_module().completion(model=model, messages=messages, max_retries=0, **request.getfixturevalue(kw), **params)
+        connection = request.getfixturevalue(kw)
+        litellm_module().completion(model=model, messages=messages, max_retries=0, **connection, **params)
     assert stub.requests == []
     from mlflow_lite_plugin.core.errors import local_request_error
 
@@ -329,8 +334,7 @@ def test_backtracking_regex_is_bounded_not_a_hang():
 def test_ui_and_query_rules_compile_through_the_same_bounded_engine(client):
     """The playground sends its rules as validate= (ui.playground.call_arguments), so every
     path builds the same Validator; a bounded search fails the answer, it does not raise."""
-    from mlflow_lite_plugin.apps.ui.playground import RunRequest
-    from mlflow_lite_plugin.apps.ui.playground import call_arguments
+    from mlflow_lite_plugin.apps.ui.playground import RunRequest, call_arguments
 
     kwargs = call_arguments(RunRequest(model="lite/echo", prompt="a" * 30 + "!", validation={"regex": "(a|a)+$"}))
     assert kwargs["validate"] == {"regex": "(a|a)+$"} and kwargs["on_fail"] == "return"

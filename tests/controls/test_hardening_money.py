@@ -14,12 +14,13 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import HealthCheck, event, example, given, settings, strategies as st
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
 
 import mlflow_lite_plugin as ml
+from mlflow_lite_plugin.apps.ui.dashboard import aggregate
 from mlflow_lite_plugin.controls.budget.stage import Budget, BudgetExceededError, BudgetStage, SQLiteLedger
 from mlflow_lite_plugin.testing import StubLLMServer
-from mlflow_lite_plugin.apps.ui.dashboard import aggregate
 
 from tests.helpers import KEY, get_trace
 
@@ -193,7 +194,8 @@ def test_the_requested_service_tier_is_reserved_at_its_rate(tmp_path):
     info = litellm_module().get_model_info(model="gpt-4o")
     standard, priority = requested(), requested(service_tier="priority")
     assert standard == pytest.approx(
-        c.count_tokens("how much?", model="gpt-4o") * info["input_cost_per_token"] + 100 * info["output_cost_per_token"],
+        c.count_tokens("how much?", model="gpt-4o") * info["input_cost_per_token"]
+        + 100 * info["output_cost_per_token"],
         rel=0.2,
     )
     assert priority / standard == pytest.approx(info["output_cost_per_token_priority"] / info["output_cost_per_token"],

@@ -80,7 +80,7 @@ def test_list_remove_and_bad_arguments(default_client):
     assert ml.list_metrics() == ["a", "b"]
     ml.remove_metric("a")
     assert ml.list_metrics() == ["b"]
-    with pytest.raises(ml.ArgumentError, match="no metric named 'zzz'.*registered: b"):
+    with pytest.raises(ml.ArgumentError, match=r"no metric named 'zzz'.*registered: b"):
         ml.remove_metric("zzz")
     with pytest.raises(ml.ArgumentError, match="fn"):
         ml.add_metric("c", "not callable")

@@ -113,7 +113,9 @@ def test_retry_repairs_a_bad_answer_every_attempt_traced_and_costed(client, stub
 def test_retry_gives_up_after_max_attempts(client, stub, openai_kw):
     stub.reply = replies("still not json")
     with pytest.raises(ml.ValidationError) as info:
-        client.query(model="gpt-4o", prompt="JSON!", validate={"format": "json"}, on_fail="retry", max_attempts=3, **openai_kw)
+        client.query(
+            model="gpt-4o", prompt="JSON!", validate={"format": "json"}, on_fail="retry", max_attempts=3, **openai_kw
+        )
     assert info.value.validation.attempts == 3
     assert "after 3 attempts" in str(info.value)
     assert len(stub.requests) == 3
@@ -199,7 +201,11 @@ def test_stream_validated_passes_a_valid_document(client, stub, openai_kw):
     "doc, stop_after, rule",
     [
         # a string where the schema wants an integer: certain as soon as the quote arrives
-        ('{"name": "Ada", "age": "thirty-six", "bio": "' + LONG_BIO + '"}', '{"name": "Ada", "age": "thirty-six", ', "schema"),
+        (
+            '{"name": "Ada", "age": "thirty-six", "bio": "' + LONG_BIO + '"}',
+            '{"name": "Ada", "age": "thirty-six", ',
+            "schema",
+        ),
         # a key the schema forbids (additionalProperties: false)
         ('{"name": "Ada", "salary": 5, "bio": "' + LONG_BIO + '"}', '{"name": "Ada", "salary": ', "schema"),
         # broken syntax: a missing comma

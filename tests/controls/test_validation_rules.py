@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.controls.validation.rules import StreamViolation, ValidationResult, Validator
+from mlflow_lite_plugin.core.errors import ArgumentError
 
 PERSON = {
     "type": "object",
@@ -26,7 +26,7 @@ def check(spec, text, **kwargs):
 def assert_fails(result: ValidationResult, rule: str, *fragments: str) -> None:
     assert not result.passed and not result
     assert rule in result.failed_rules
-    (error,) = [e for e, r in zip(result.errors, result.failed_rules) if r == rule]
+    (error,) = [e for e, r in zip(result.errors, result.failed_rules, strict=True) if r == rule]
     assert error.startswith(f"{rule}: ")
     for fragment in fragments:
         assert fragment in error
@@ -323,7 +323,7 @@ def test_options_defaults_and_sources():
 
 
 def test_option_given_twice_differently_is_refused():
-    with pytest.raises(ArgumentError, match="on_fail .*'retry'.*'return'"):
+    with pytest.raises(ArgumentError, match=r"on_fail .*'retry'.*'return'"):
         Validator({"format": "json", "on_fail": "retry"}, on_fail="return")
 
 

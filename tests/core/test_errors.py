@@ -140,7 +140,7 @@ def test_provider_down_then_fallback_then_clear_error(client, stub, openai_kw):
     r = client.query(model="gpt-4o", prompt="down", num_retries=1, fallbacks=["gpt-4o-mini"], **openai_kw)
     assert r.model == "openai/gpt-4o-mini"
     stub.inject(status=503, model="gpt-4o-mini", times=100)
-    with pytest.raises(ml.ProviderUnavailableError, match="gpt-4o-mini.*503"):
+    with pytest.raises(ml.ProviderUnavailableError, match=r"gpt-4o-mini.*503"):
         client.query(model="gpt-4o", prompt="all down", num_retries=1, fallbacks=["gpt-4o-mini"], **openai_kw)
 
 

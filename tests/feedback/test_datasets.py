@@ -81,7 +81,7 @@ def test_openai_format_with_corrections(history, experiment, tmp_path):
     records = read_jsonl(path)
     assert records == summary.records
     assert all(validate_record(r, "openai") == [] for r in records)
-    by_trace = dict(zip(summary.trace_ids, records))
+    by_trace = dict(zip(summary.trace_ids, records, strict=True))
     assert set(by_trace) == {history[k] for k in ("good", "corrected", "low", "unrated", "thumbs_up")}
     assert by_trace[history["corrected"]] == {
         "messages": [
@@ -91,7 +91,7 @@ def test_openai_format_with_corrections(history, experiment, tmp_path):
         ]
     }
     assert by_trace[history["good"]]["messages"][-1]["content"] == answer("How do I export my data?")
-    assert "kept 5 openai records, dropped 2 (error: 1, stopped_early: 1)" == str(summary)
+    assert str(summary) == "kept 5 openai records, dropped 2 (error: 1, stopped_early: 1)"
 
 
 def test_min_rating_keeps_well_rated_and_corrected_traces(history, experiment, tmp_path):
@@ -134,7 +134,7 @@ def test_anthropic_format_moves_the_system_prompt_and_merges_turns(client, exper
     summary = export_dataset(tmp_path / "claude.jsonl", format="anthropic", experiment=experiment)
 
     assert summary.kept == 2 and summary.dropped == {"invalid_format": 1}
-    records = dict(zip(summary.trace_ids, read_jsonl(tmp_path / "claude.jsonl")))
+    records = dict(zip(summary.trace_ids, read_jsonl(tmp_path / "claude.jsonl"), strict=True))
     assert opener.trace_id not in records
     assert all(validate_record(r, "anthropic") == [] for r in records.values())
     assert records[plain] == {

@@ -25,8 +25,8 @@ import mlflow_lite_plugin as ml
 from mlflow_lite_plugin.core.deadline import DeadlineExceededError
 from mlflow_lite_plugin.testing import StubLLMServer
 
-from tests.helpers import KEY
 from tests.flavor.test_serve import start_server, stop_server
+from tests.helpers import KEY
 
 PROMPT = "Answer: {question}"
 
@@ -58,7 +58,8 @@ def test_a_batch_of_1000_rows_with_10_prompts_makes_10_provider_calls(stub: Stub
     results = ml.batch(prompts, model="openai/gpt-4o", max_concurrency=16)
 
     assert len(chat_requests(stub)) == 10
-    assert collections.Counter(r.body["messages"][-1]["content"] for r in chat_requests(stub)) == dict.fromkeys(set(prompts), 1)
+    asked = collections.Counter(r.body["messages"][-1]["content"] for r in chat_requests(stub))
+    assert asked == dict.fromkeys(set(prompts), 1)
     assert [r.text for r in results] == [f"Stub answer from gpt-4o: {p}" for p in prompts]
     paid = [r for r in results if r.cached is None]
     assert len(paid) == 10 and all(r.cost > 0 for r in paid)
@@ -118,8 +119,11 @@ _REPLICA = textwrap.dedent(
     Path(workdir, name + ".ready").touch()
     while not Path(workdir, "go").exists():
         time.sleep(0.01)
-    results = client.batch([f"Replica question {i % 10}" for i in range(100)], namespace=namespace, max_concurrency=16)
-    print(json.dumps([getattr(r, "cached", None) or ("error" if isinstance(r, Exception) else "paid") for r in results]))
+    questions = [f"Replica question {i % 10}" for i in range(100)]
+    results = client.batch(questions, namespace=namespace, max_concurrency=16)
+    print(json.dumps([
+        getattr(r, "cached", None) or ("error" if isinstance(r, Exception) else "paid") for r in results
+    ]))
     """
 )
 
@@ -147,14 +151,17 @@ def test_two_processes_sharing_redis_make_one_call_per_prompt(stub: StubLLMServe
     script.write_text(_REPLICA)
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     procs = [
-        subprocess.Popen([sys.executable, str(script), stub.openai_base, KEY, redis_url, namespace, str(tmp_path), name],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, str(script), stub.openai_base, KEY, redis_url, namespace, str(tmp_path), name],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
         for name in ("a", "b")
     ]
     try:
         deadline = time.monotonic() + 120
         while not all((tmp_path / f"{n}.ready").exists() for n in "ab"):
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            alive = all(p.poll() is None for p in procs)
+            assert time.monotonic() < deadline and alive, [p.communicate() for p in procs]
             time.sleep(0.05)
         stub.reset()
         (tmp_path / "go").touch()
@@ -162,10 +169,11 @@ def test_two_processes_sharing_redis_make_one_call_per_prompt(stub: StubLLMServe
     finally:
         for p in procs:
             p.kill()
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]
     kinds = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
-    assert len(chat_requests(stub)) == 10, collections.Counter(r.body["messages"][-1]["content"] for r in chat_requests(stub))
+    asked = collections.Counter(r.body["messages"][-1]["content"] for r in chat_requests(stub))
+    assert len(chat_requests(stub)) == 10, asked
     assert sum(k.count("paid") for k in kinds) == 10 and "error" not in kinds[0] + kinds[1]
 
 
@@ -253,7 +261,8 @@ def test_served_size_limits_answer_413_and_400_naming_the_limit(limited_server, 
     assert response.status_code == 400, limited_server.explain(response)
     assert "row 1: 6000 characters" in response.text and "max_row_chars=5000" in response.text
     assert chat_requests(stub) == []
-    assert limited_server.predictions(_rows("Within the limits?")) == ["Stub answer from gpt-4o: Answer: Within the limits?"]
+    answers = limited_server.predictions(_rows("Within the limits?"))
+    assert answers == ["Stub answer from gpt-4o: Answer: Within the limits?"]
 
 
 @pytest.mark.slow

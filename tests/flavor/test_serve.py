@@ -229,7 +229,9 @@ def _find_trace(trace_id: str):
         pytest.param({"dataframe_records": [{"query": KNOWN}]}, "application/json", "question", id="missing-column"),
         pytest.param('{"dataframe_records": [{"question": ', "application/json", "JSON", id="malformed-json"),
         pytest.param({"rows": [{"question": KNOWN}]}, "application/json", "dataframe_records", id="unknown-format-key"),
-        pytest.param({"dataframe_records": [{"question": None}]}, "application/json", "'question' is empty", id="empty-value"),
+        pytest.param(
+            {"dataframe_records": [{"question": None}]}, "application/json", "'question' is empty", id="empty-value"
+        ),
         pytest.param("question\nHow?", "text/plain", "content type", id="unsupported-content-type"),
     ],
 )
@@ -287,8 +289,8 @@ def test_no_secret_is_written(server: Served, registered: dict, tmp_path: Path, 
     with pytest.raises(MlflowException, match="api_key"):
         ml.save_model(tmp_path / "with_key", **{**model_settings(stub.openai_base), "params": {"api_key": secret}})
     assert not (tmp_path / "with_key").exists() or _files_holding(tmp_path / "with_key", secret) == []
-    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(f"serve-tests-{registered['name']}").experiment_id):
-        with pytest.raises(MlflowException, match="api_key"):
+    experiment_id = mlflow.get_experiment_by_name(f"serve-tests-{registered['name']}").experiment_id
+    with mlflow.start_run(experiment_id=experiment_id), pytest.raises(MlflowException, match="api_key"):
             ml.log_model(name="leaky", model="gpt-4o", prompt=PROMPT, params={"api_key": secret})
     assert _files_holding(registered["artifacts"], secret) == []
 

@@ -34,7 +34,9 @@ def _java() -> str:
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home and (Path(home) / "bin" / "java").exists() else shutil.which("java")
     if java is None:
-        pytest.fail("Java is not installed (Spark needs a JRE 17+): apt-get install default-jre-headless, or set JAVA_HOME")
+        pytest.fail(
+            "Java is not installed (Spark needs a JRE 17+): apt-get install default-jre-headless, or set JAVA_HOME"
+        )
     probe = subprocess.run([java, "-version"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.fail(f"{java} -version failed: {probe.stderr.strip()}")

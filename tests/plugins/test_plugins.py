@@ -104,6 +104,30 @@ def test_controls_that_are_off_have_no_tag(default_client, tmp_path):
     }
 
 
+class Moderation(ml.Stage):
+    """A third-party stage that describes itself like the built-in controls."""
+
+    name = "moderation"
+
+    def describe(self):
+        return {"blocklist": 3, "action": "refuse"}
+
+
+def test_a_stage_added_with_add_stage_is_tagged_like_the_built_ins(default_client, tmp_path):
+    """Regression: the run-context plugin described five known stage classes, so a stage added with
+    add_stage() never reached the run's tags."""
+    ml.set_cache(ttl=60)
+    default_client.add_stage(Moderation())
+    default_client.add_stage(ml.Stage())  # describes nothing: no tag
+    with mlflow.start_run() as run:
+        pass
+    assert run_tags(run) == {
+        "mlflow_lite.version": ml.__version__,
+        "mlflow_lite.cache": "exact(memory, ttl=60)",
+        "mlflow_lite.moderation": "blocklist=3, action=refuse",
+    }
+
+
 def test_a_broken_client_still_gives_the_version(default_client, caplog):
     default_client.pipeline = None  # anything unexpected in the client
     with caplog.at_level(logging.DEBUG, logger="mlflow_lite_plugin.plugins.run_context"):

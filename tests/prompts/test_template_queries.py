@@ -98,7 +98,7 @@ def test_missing_variable_raises_before_the_call(client, stub, openai_kw, templa
 
 
 def test_unknown_keyword_names_the_template_variables(client, stub, openai_kw):
-    with pytest.raises(ml.ArgumentError, match="labls.*labels"):
+    with pytest.raises(ml.ArgumentError, match=r"labls.*labels"):
         client.query_with_template(template="classify", input="x", labls=["a", "b"], model="gpt-4o", **openai_kw)
     assert stub.requests == []
 
@@ -107,7 +107,9 @@ def test_registered_template_by_alias_version_and_latest(client, stub, openai_kw
     name = f"support_{uuid.uuid4().hex[:8]}"
     v1 = ml.register_template(name, "Answer the customer: {{question}}", system="You are helpful.", alias="production")
     ml.register_template(name, "Answer briefly: {{question}}", system="You are terse.", validate={"max_length": 50})
-    r = client.query_with_template(template=f"{name}@production", question="How do I reset?", model="gpt-4o", **openai_kw)
+    r = client.query_with_template(
+        template=f"{name}@production", question="How do I reset?", model="gpt-4o", **openai_kw
+    )
     assert stub.requests[-1].body["messages"] == [
         {"role": "system", "content": "You are helpful."},
         {"role": "user", "content": "Answer the customer: How do I reset?"},

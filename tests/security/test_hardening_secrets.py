@@ -10,9 +10,9 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import pandas as pd
@@ -171,9 +171,11 @@ def test_log_model_refuses_secret_metadata_before_logging():
     # Not mlflow.set_experiment: it sets MLFLOW_EXPERIMENT_ID for the whole process, and later
     # tests' subprocesses on other stores would look for that experiment.
     experiment = mlflow.create_experiment(f"secrets-log-model-{uuid.uuid4().hex[:8]}")
-    with mlflow.start_run(experiment_id=experiment) as run:
-        with pytest.raises(MlflowException, match="metadata.token holds a credential"):
-            ml.log_model(name="leaky", model="gpt-4o", prompt=PROMPT, metadata={"token": key})
+    with (
+        mlflow.start_run(experiment_id=experiment) as run,
+        pytest.raises(MlflowException, match=r"metadata\.token holds a credential"),
+    ):
+        ml.log_model(name="leaky", model="gpt-4o", prompt=PROMPT, metadata={"token": key})
     assert key not in json.dumps(mlflow.get_run(run.info.run_id).to_dictionary())
     assert not mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
 
@@ -242,10 +244,9 @@ def test_live_spans_are_scrubbed_too(client, echo):
     """Inside the caller's span our spans are written as the call runs; a key-shaped value in a
     parameter not named like a credential is masked in the span inputs too."""
     key, other = "plainword" + uuid.uuid4().hex[:6], "sk-live-" + uuid.uuid4().hex
-    with mlflow.start_span("caller") as outer:
-        with pytest.raises(ml.ProviderAuthError):
-            client.query(model="openai/gpt-4o", prompt="hi", api_base=echo.base, api_key=key,
-                         extra_body={"note": other}, num_retries=0)
+    with mlflow.start_span("caller") as outer, pytest.raises(ml.ProviderAuthError):
+        client.query(model="openai/gpt-4o", prompt="hi", api_base=echo.base, api_key=key,
+                     extra_body={"note": other}, num_retries=0)
     trace = _trace_text(outer.trace_id)
     assert "Incorrect API key provided: [redacted]" in trace and "note" in trace
     assert key not in trace and other not in trace

@@ -15,9 +15,9 @@ import pytest
 from mlflow.entities import AssessmentSource
 
 import mlflow_lite_plugin as ml
-from mlflow_lite_plugin.workflows.abtest import ABTest, ABTestError, Observation, ab_test, build_report
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.workflows.ab_stats import holm
+from mlflow_lite_plugin.workflows.abtest import ABTest, ABTestError, Observation, ab_test, build_report
 
 from tests.helpers import KEY, get_trace
 
@@ -75,10 +75,10 @@ def test_assignment_is_sticky_across_instances_and_follows_the_split():
         assert abs(shares[variant] / len(ids) - weight) < 0.02
     # another test splits the same users independently
     other = ABTest({**SIMPLE, "C": {"model": "gpt-4o", "prompt": "{input}?"}}, split=[0.2, 0.3, 0.5], name="other")
-    agreement = sum(a == other.assign(u) for a, u in zip(assigned, ids)) / len(ids)
+    agreement = sum(a == other.assign(u) for a, u in zip(assigned, ids, strict=True)) / len(ids)
     assert abs(agreement - (0.2**2 + 0.3**2 + 0.5**2)) < 0.03
     # without a user id the variant is random, and a zero weight gets no traffic
-    assert set(first.assign() for _ in range(200)) == {"A", "B", "C"}
+    assert {first.assign() for _ in range(200)} == {"A", "B", "C"}
     holdout = ABTest({**SIMPLE, "C": {"model": "x"}}, split={"A": 0.5, "B": 0.5, "C": 0.0})
     assert "C" not in {holdout.assign(u) for u in ids[:2000]}
 
@@ -150,7 +150,7 @@ def test_bad_options_are_refused(options, argument):
 
 def test_bad_call_arguments_are_refused_before_any_call(client, stub, openai_kw):
     test = ABTest(two_models(openai_kw, params={**openai_kw, "temprature": 0}), client=client)
-    with pytest.raises(ArgumentError, match="variant 'A'.*temprature"):  # every variant is checked on first use
+    with pytest.raises(ArgumentError, match=r"variant 'A'.*temprature"):  # every variant is checked on first use
         test.query(input="hi")
     test = ABTest(two_models(openai_kw), client=client)
     with pytest.raises(ArgumentError, match="set by each variant") as error:
@@ -387,7 +387,7 @@ def test_promote_winner_moves_the_alias_to_the_winning_model_version(stub, monke
                     "B": {"model_uri": f"models:/{name}/{big.registered_model_version}"}}, min_samples=20)
     registry = mlflow.MlflowClient()
     traffic(test, 3)
-    with pytest.raises(ABTestError, match="no winner yet.*A has 3/20 samples"):
+    with pytest.raises(ABTestError, match=r"no winner yet.*A has 3/20 samples"):
         test.promote_winner()
     assert registry.get_registered_model(name).aliases == {}
 
@@ -435,7 +435,8 @@ def test_ab_test_one_liner_as_written(default_client, stub):
                         "params": {"api_base": stub.openai_base, "api_key": "sk-stub-not-a-real-key"}}},
         split=[0.5, 0.5])
     r = test.query(input="Where is my order?", user_id="u1")
-    assert r.variant == test.assign("u1") and r.text.endswith(("Answer: Where is my order?", "Reply: Where is my order?"))
+    assert r.variant == test.assign("u1")
+    assert r.text.endswith(("Answer: Where is my order?", "Reply: Where is my order?"))
     report = test.report(log=False)
     assert report.winner is None and report.status == "collecting"
 
@@ -455,4 +456,5 @@ def test_sequential_reports_need_stronger_evidence_and_say_so():
         assert c.p_value >= by_metric[c.metric].p_value
     with pytest.raises(ArgumentError, match="sequential"):
         ab_test({"A": {"model": "gpt-4o"}, "B": {"model": "gpt-4o-mini"}}, sequential="yes")
-    assert ab_test({"A": {"model": "gpt-4o"}, "B": {"model": "gpt-4o-mini"}}, sequential=True)._params()["sequential"] == "True"
+    sequential = ab_test({"A": {"model": "gpt-4o"}, "B": {"model": "gpt-4o-mini"}}, sequential=True)
+    assert sequential._params()["sequential"] == "True"

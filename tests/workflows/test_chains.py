@@ -106,7 +106,7 @@ def test_one_trace_with_a_child_span_per_step(client, news):
     assert root.attributes["mlflow_lite.chain.steps"] == ["summarize", "extract_entities", "classify"]
     step_spans = [s for s in trace.data.spans if s.parent_id == root.span_id]
     assert [s.name for s in step_spans] == ["summarize", "extract_entities", "classify"]
-    for index, (span, step) in enumerate(zip(step_spans, result.steps)):
+    for index, (span, step) in enumerate(zip(step_spans, result.steps, strict=True)):
         # MLflow reads a JSON-looking string output back as the JSON value
         assert span.span_type == "CHAIN" and span.outputs == (step.response.validation.value or step.text)
         assert span.attributes["mlflow_lite.step.index"] == index
@@ -167,7 +167,7 @@ def test_a_step_failing_validation_stops_the_chain(client, news):
     news.reply = lambda model, messages: "It is about money." if model == "gpt-4o" else newsroom(model, messages)
     workflow = issue_example(news)
     workflow.client = client
-    with pytest.raises(ChainStepError, match="'classify'.*ValidationError") as info:
+    with pytest.raises(ChainStepError, match=r"'classify'.*ValidationError") as info:
         workflow.run(ARTICLE)
     assert isinstance(info.value.cause, ml.ValidationError) and len(info.value.results) == 2
 
@@ -210,7 +210,7 @@ def test_steps_use_fallbacks_and_the_budget(client, news, openai_kw, tmp_path):
 
 
 def test_bad_steps_fail_before_any_call(client, news, openai_kw):
-    with pytest.raises(ml.ArgumentError, match="step 'extract_people'.*prompt="):
+    with pytest.raises(ml.ArgumentError, match=r"step 'extract_people'.*prompt="):
         Step("extract_people", model="gpt-4o")
     with pytest.raises(ml.ArgumentError, match="either prompt= or template="):
         Step("x", prompt="{input}", template="summarize")

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from mlflow_lite_plugin.apps.ui import dashboard
-from mlflow_lite_plugin.apps.ui import playground
-from mlflow_lite_plugin.apps.ui import traces
+from mlflow_lite_plugin.apps.ui import dashboard, playground, traces
 from mlflow_lite_plugin.apps.ui.state import UIState
 
 if TYPE_CHECKING:

@@ -7,22 +7,23 @@ the trace id, or an ``error`` event. Comparing two models is two runs in paralle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlflow_lite_plugin.prompts import templates
+from mlflow_lite_plugin.apps.ui.state import UIState, ui_state
 from mlflow_lite_plugin.client import merge_rules
 from mlflow_lite_plugin.core.errors import MlflowLiteError
-from mlflow_lite_plugin.core.response import Stream
 from mlflow_lite_plugin.core.response import Response as Answer
-from mlflow_lite_plugin.apps.ui.state import UIState
-from mlflow_lite_plugin.apps.ui.state import ui_state
+from mlflow_lite_plugin.core.response import Stream
+from mlflow_lite_plugin.prompts import templates
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +146,8 @@ def _variables(chosen: templates.Template, given: dict[str, str]) -> dict[str, A
             continue
         values[name] = text
         if name in options:
-            try:
+            with contextlib.suppress(ValueError):  # not JSON: the option keeps its text
                 values[name] = json.loads(text)
-            except ValueError:
-                pass
     return values
 
 

@@ -11,7 +11,8 @@ store's error quotes its URI, password included).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from mlflow_lite_plugin.security import credentials
 from mlflow_lite_plugin.security.credentials import REDACTED, is_secret_name

@@ -10,9 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import HTTPException, Request
 from fastapi.responses import Response
 
-from mlflow_lite_plugin.apps.ui.safety import Scrubber
-from mlflow_lite_plugin.apps.ui.safety import redact
-from mlflow_lite_plugin.apps.ui.safety import secret_values
+from mlflow_lite_plugin.apps.ui.safety import Scrubber, redact, secret_values
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.client import Client
