@@ -84,11 +84,12 @@ _LAZY = {
     **dict.fromkeys(("list_templates", "register_template"), "prompts.templates"),
     **dict.fromkeys(("ValidationResult",), "controls.validation.rules"),
     **dict.fromkeys(
-        ("ApprovalKeyError", "PermissionDeniedError", "ProposalStateError", "SelfApprovalError",
-         "UnverifiedApprovalError", "approve_prompt", "pending_prompts", "promote_prompt", "propose_prompt",
-         "reject_prompt", "verify_approval"),
+        ("ProposalStateError", "SelfApprovalError", "UnverifiedApprovalError", "approve_prompt", "pending_prompts",
+         "promote_prompt", "propose_prompt", "reject_prompt", "verify_approval"),
         "prompts.approvals",
     ),
+    **dict.fromkeys(("PermissionDeniedError",), "prompts.auth"),
+    **dict.fromkeys(("ApprovalKeyError",), "prompts.signing"),
 }
 
 

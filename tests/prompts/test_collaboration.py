@@ -18,20 +18,18 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 import mlflow_lite_plugin as ml
-from mlflow_lite_plugin.prompts import approvals as collaboration
+from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
+from mlflow_lite_plugin.prompts import auth
 from mlflow_lite_plugin.prompts.approvals import (
-    ApprovalRecord,
-    Identity,
-    PermissionDeniedError,
     ProposalStateError,
     approve_prompt,
-    current_user,
     pending_prompts,
     propose_prompt,
     reject_prompt,
 )
-from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
-from mlflow_lite_plugin.prompts.templates import register_template
+from mlflow_lite_plugin.prompts.auth import Identity, PermissionDeniedError, current_user
+from mlflow_lite_plugin.prompts.registry import register_template
+from mlflow_lite_plugin.prompts.signing import ApprovalRecord
 
 from tests.helpers import running_mlflow_server
 
@@ -428,7 +426,7 @@ def test_bad_arguments_are_refused_before_any_change(call, argument):
 )
 def test_grants_fold_as_the_server_folds_them(grants, permission):
     rows = [{"resource_type": t, "resource_pattern": p, "permission": level} for t, p, level in grants]
-    assert collaboration._fold_prompt_grants(rows, "p") == permission
+    assert auth._fold_prompt_grants(rows, "p") == permission
 
 
 # -- servers without the auth app --

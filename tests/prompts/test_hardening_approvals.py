@@ -12,8 +12,9 @@ import pytest
 from mlflow import MlflowClient
 
 import mlflow_lite_plugin as ml
-from mlflow_lite_plugin.prompts.approvals import approve_prompt, current_user, propose_prompt
-from mlflow_lite_plugin.prompts.templates import register_template
+from mlflow_lite_plugin.prompts.approvals import approve_prompt, propose_prompt
+from mlflow_lite_plugin.prompts.auth import Identity, current_user
+from mlflow_lite_plugin.prompts.registry import register_template
 
 from tests.prompts.test_collaboration import (  # noqa: F401  (fixtures, used by name)
     TEXT_V1,
@@ -53,7 +54,7 @@ def test_an_uppercase_scheme_still_needs_manage(team, prompt, act_as, monkeypatc
     propose_prompt(prompt, TEXT_V2)
     # MLflow reads the scheme case-insensitively and talks to the same auth server.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team.url.replace("http://", "HTTP://", 1))
-    assert current_user() == ml.collaboration.Identity("editor", is_admin=False, authenticated=True)
+    assert current_user() == Identity("editor", is_admin=False, authenticated=True)
     with pytest.raises(ml.PermissionDeniedError) as exc:
         approve_prompt(prompt, 2)
     assert (exc.value.user, exc.value.permission) == ("editor", "MANAGE")
