@@ -39,10 +39,11 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
 from mlflow_lite_plugin.prompts.auth import (

@@ -68,9 +68,10 @@ from __future__ import annotations
 
 import getpass
 import logging
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from mlflow_lite_plugin.core.errors import MlflowLiteError
 from mlflow_lite_plugin.core.uris import is_http_uri

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.prompts.rendering import Template, placeholders
@@ -93,7 +94,7 @@ def _fields(name: str, value: Any) -> dict[str, str | None]:
         keys = _names(name, list(value), "field names")
         if not all(d is None or isinstance(d, str) for d in value.values()):
             raise ArgumentError(name, f"descriptions must be strings, got {value!r}")
-        return {key: value[original] for key, original in zip(keys, value)}
+        return {key: value[original] for key, original in zip(keys, value, strict=True)}
     return dict.fromkeys(_names(name, value, "field names, or a dict of name to description"))
 
 

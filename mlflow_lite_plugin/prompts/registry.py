@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.prompts.builtins import BUILTIN_TEMPLATES, list_templates

@@ -12,8 +12,9 @@ import copy
 import difflib
 import functools
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 
