@@ -7,13 +7,10 @@
 Importing this package is fast: LiteLLM and MLflow are imported on first use.
 """
 
-import os as _os
+# First: the environment defaults (LiteLLM's offline price map) are set before anything else runs.
+from mlflow_lite_plugin.core import environment  # noqa: F401, I001
 
-# LiteLLM fetches its price map over the network at import unless told otherwise; offline-safe
-# by default, and a value the user set wins.
-_os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-from mlflow_lite_plugin.client import (  # noqa: E402
+from mlflow_lite_plugin.client import (
     Client,
     add_metric,
     add_to_cache,
@@ -51,7 +48,7 @@ from mlflow_lite_plugin.client import (  # noqa: E402
     semantic_cache,
     stream,
 )
-from mlflow_lite_plugin.core.errors import (  # noqa: E402
+from mlflow_lite_plugin.core.errors import (
     ArgumentError,
     MlflowLiteError,
     ProviderAuthError,
@@ -64,12 +61,12 @@ from mlflow_lite_plugin.core.errors import (  # noqa: E402
     RequestEncodingError,
     ValidationError,
 )
-from mlflow_lite_plugin.core.deadline import DeadlineExceededError  # noqa: E402
-from mlflow_lite_plugin.controls.metrics import MetricResult  # noqa: E402
-from mlflow_lite_plugin.core.pipeline import Call, Stage  # noqa: E402
-from mlflow_lite_plugin.controls.budget.stage import BudgetExceededError  # noqa: E402
-from mlflow_lite_plugin.controls.ratelimit import RateLimitExceededError  # noqa: E402
-from mlflow_lite_plugin.core.response import Response, Stream  # noqa: E402
+from mlflow_lite_plugin.core.deadline import DeadlineExceededError
+from mlflow_lite_plugin.controls.metrics import MetricResult
+from mlflow_lite_plugin.core.pipeline import Call, Stage
+from mlflow_lite_plugin.controls.budget.stage import BudgetExceededError
+from mlflow_lite_plugin.controls.ratelimit import RateLimitExceededError
+from mlflow_lite_plugin.core.response import Response, Stream
 
 __version__ = "0.1.0"
 

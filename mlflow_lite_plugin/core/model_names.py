@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Mapping
 
+from mlflow_lite_plugin.core import environment  # noqa: F401  (LiteLLM's price map read locally)
 from mlflow_lite_plugin.core.errors import ArgumentError
 
 _logger = logging.getLogger(__name__)
@@ -33,9 +33,8 @@ DEFAULT_ALIASES: Mapping[str, str] = {
 
 @functools.cache
 def litellm_module() -> ModuleType:
-    """Import LiteLLM (slow: seconds), with its price map read locally and our offline provider."""
-    # Offline-safe by default: LiteLLM otherwise fetches its price map over the network at import.
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    """Import LiteLLM (slow: seconds), with its price map read locally (:mod:`.environment`) and
+    our offline provider."""
     import litellm
 
     # LiteLLM prints "Give Feedback / Get Help" banners to stdout on every failure; our errors
