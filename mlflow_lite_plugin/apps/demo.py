@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+import mlflow_lite_plugin as ml
+
 
 def _semantic_extra_installed() -> bool:
     import importlib.util
@@ -16,8 +18,6 @@ def _semantic_extra_installed() -> bool:
 
 
 def run_demo(model: str = "lite/echo") -> None:
-    import mlflow_lite_plugin as ml
-
     ml.set_experiment("mlflow-lite-demo")
     say = click.echo
 
@@ -32,7 +32,7 @@ def run_demo(model: str = "lite/echo") -> None:
     chunks = ml.stream(model=model, prompt="Streaming works chunk by chunk")
     for chunk in chunks:
         say(chunk, nl=False)
-    assert chunks.response is not None
+    assert chunks.response is not None and chunks.response.time_to_first_token is not None
     first_ms = chunks.response.time_to_first_token * 1000
     say(f"\n   tokens: {chunks.response.total_tokens}, first token after {first_ms:.1f} ms")
 
@@ -81,8 +81,10 @@ def run_demo(model: str = "lite/echo") -> None:
     r = ml.query(
         model=model, prompt="Explain each step of the process", validate={"required_words": ["step", "process"]}
     )
+    assert r.validation is not None  # validate= was given
     say(f"   required words: passed={r.validation.passed}; metrics: words={r.metrics['words'].value}")
     r = ml.query(model=model, prompt="Reply in JSON", validate={"format": "json"}, on_fail="return", cache=False)
+    assert r.validation is not None
     say(f"   format json:    passed={r.validation.passed}; errors: {r.validation.errors}")
     r = ml.query_with_template(template="rewrite", input="pls fix teh typos", style="formal", model=model)
     say(f"   template 'rewrite' ({len(r.text)} chars rendered and echoed), templates: {', '.join(ml.list_templates())}")

@@ -239,7 +239,7 @@ class SemanticCache:
             self._purge_expired()
             index = self._index if self._index is not None else _new_index(self._dimension())
             index_bytes = np.asarray(faiss.serialize_index(index), dtype=np.uint8).tobytes()
-            document = {
+            document: dict[str, Any] = {
                 "format": FORMAT,
                 "version": FORMAT_VERSION,
                 "model": self.model,
@@ -376,7 +376,7 @@ class SemanticCache:
                 if not scope_ids:
                     del self._by_scope[entry.scope]
         if removed and self._index is not None:
-            self._index.remove_ids(np.array(removed, dtype=np.int64))
+            self._index.remove_ids(_faiss().IDSelectorBatch(np.array(removed, dtype=np.int64)))
 
     def _evict_over_capacity(self) -> None:
         excess = len(self._entries) - self.max_entries
@@ -440,11 +440,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-_REQUIRED = {
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format": str, "version": int, "model": str, "dim": int, "threshold": (int, float),
     "max_entries": int, "verify": bool, "next_id": int, "entries": list,
 }
-_ENTRY_FIELDS = {
+_ENTRY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "id": int, "scope": str, "query": str, "value": dict, "created_at": (int, float), "last_used": (int, float),
 }
 

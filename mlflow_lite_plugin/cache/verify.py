@@ -341,12 +341,12 @@ def _affix_pair(removed: Iterable[str], added: Iterable[str]) -> tuple[str, str]
             index.setdefault(key, []).append(y)
     for x in removed:
         rx = _root(x)[1]
-        keys = [("root", rx), ("word", rx), ("root", x)]
+        wanted = [("root", rx), ("word", rx), ("root", x)]
         for s1, s2 in SUFFIX_PAIRS:
             for mine, theirs in ((s1, s2), (s2, s1)):
                 if x.endswith(mine):
-                    keys.append((theirs, x[: -len(mine)]))
-        for y in sorted({y for key in keys for y in index.get(key, ())}, key=order.__getitem__):
+                    wanted.append((theirs, x[: -len(mine)]))
+        for y in sorted({y for key in wanted for y in index.get(key, ())}, key=order.__getitem__):
             if _affix_opposed(x, y):
                 return x, y
     return None

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.uris import uri_scheme
@@ -119,9 +119,9 @@ def dimensions(data: bytes, media_type: str) -> tuple[int | None, int | None]:
     """Pixel width and height from the image header; (None, None) if it cannot be read."""
     try:
         if media_type == "image/png":
-            return struct.unpack(">II", data[16:24])  # type: ignore[return-value]
+            return struct.unpack(">II", data[16:24])
         if media_type == "image/gif":
-            return struct.unpack("<HH", data[6:10])  # type: ignore[return-value]
+            return struct.unpack("<HH", data[6:10])
         if media_type == "image/jpeg":
             return _jpeg_dimensions(data)
         if media_type == "image/webp":
@@ -211,7 +211,7 @@ def url_tokens(url: str, provider: str | None) -> int:
     return MAX_IMAGE_TOKENS
 
 
-def has_images(content: Any) -> bool:
+def has_images(content: Any) -> TypeGuard[list[Any]]:
     return isinstance(content, list) and any(_is_image(p) for p in content)
 
 

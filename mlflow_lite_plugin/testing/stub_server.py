@@ -38,7 +38,7 @@ Tokenizer = Callable[[Any], int]
 
 
 def default_reply(model: str, messages: list[dict[str, Any]]) -> str:
-    user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     return f"Stub answer from {model}: {_text(user.get('content'))}"
 
 
@@ -147,7 +147,7 @@ class StubLLMServer:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = self._server.socket.getsockname()[:2]
         return f"http://{host}:{port}"
 
     @property
@@ -298,7 +298,8 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
 
         def _openai(self, body: dict[str, Any], fault: Fault | None) -> None:
             model, text, prompt_tokens, one_answer, finish = self._answer(body)
-            n = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 1 else 1
+            requested = body.get("n")
+            n = requested if isinstance(requested, int) and requested > 1 else 1
             completion_tokens = n * one_answer  # every choice is billed
             usage = {
                 "prompt_tokens": prompt_tokens,
@@ -370,8 +371,8 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
                 return
 
             def events() -> Iterator[tuple[str, int, str | None]]:
-                start = {"id": ident, "type": "message", "role": "assistant", "model": model, "content": []}
-                start["stop_reason"] = None
+                start: dict[str, Any] = {"id": ident, "type": "message", "role": "assistant", "model": model}
+                start["content"], start["stop_reason"] = [], None
                 start["usage"] = {"input_tokens": prompt_tokens, "output_tokens": 1}
                 yield _sse({"type": "message_start", "message": start}, "message_start"), 0, ""
                 block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
@@ -473,7 +474,9 @@ def _handler_class(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
 def _output_limit(body: dict[str, Any]) -> int | None:
     """The request's cap on answer tokens: OpenAI/Anthropic ``max_tokens`` or
     ``max_completion_tokens``, Ollama ``options.num_predict``; None when uncapped."""
-    options = body.get("options") if isinstance(body.get("options"), dict) else {}
+    options = body.get("options")
+    if not isinstance(options, dict):
+        options = {}
     for value in (body.get("max_tokens"), body.get("max_completion_tokens"), options.get("num_predict")):
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value

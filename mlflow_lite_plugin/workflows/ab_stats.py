@@ -31,6 +31,7 @@ stays fast.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -81,25 +82,26 @@ def welch_t_test(
     xa, xb = _sample("a", a), _sample("b", b)
     (mean_a, var_a), (mean_b, var_b) = _moments(xa), _moments(xb)
     diff = mean_a - mean_b
-    common = {"mean_a": mean_a, "mean_b": mean_b, "n_a": len(xa), "n_b": len(xb), "diff": diff,
-              "confidence": confidence}
+    result = functools.partial(  # a partial, not a dict of keywords: mypy checks each field's type
+        TestResult, mean_a=mean_a, mean_b=mean_b, n_a=len(xa), n_b=len(xb), diff=diff, confidence=confidence
+    )
     if len(xa) < 2 or len(xb) < 2:  # no variance estimate: no evidence either way
-        return TestResult(WELCH, 0.0, 1.0, ci_low=-math.inf, ci_high=math.inf, **common)
+        return result(WELCH, 0.0, 1.0, ci_low=-math.inf, ci_high=math.inf)
     se2_a, se2_b = var_a / len(xa), var_b / len(xb)
     se = math.sqrt(se2_a + se2_b)
     if se == 0.0:  # two constants: equal or certainly different
         if mean_a == mean_b:
-            return TestResult(WELCH, 0.0, 1.0, ci_low=0.0, ci_high=0.0, **common)
-        return TestResult(WELCH, math.copysign(math.inf, diff), 0.0, ci_low=diff, ci_high=diff, **common)
+            return result(WELCH, 0.0, 1.0, ci_low=0.0, ci_high=0.0)
+        return result(WELCH, math.copysign(math.inf, diff), 0.0, ci_low=diff, ci_high=diff)
     t = diff / se
     if sequential:
         sd = math.sqrt((var_a + var_b) / 2)
         p, margin = _msprt(diff, se * se, se * se, sd, confidence)
-        return TestResult(WELCH + SEQUENTIAL, t, p, ci_low=diff - margin, ci_high=diff + margin, **common)
+        return result(WELCH + SEQUENTIAL, t, p, ci_low=diff - margin, ci_high=diff + margin)
     df = (se2_a + se2_b) ** 2 / (_ratio(se2_a, len(xa) - 1) + _ratio(se2_b, len(xb) - 1))
     p = float(2 * stats.t.sf(abs(t), df))
     margin = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
-    return TestResult(WELCH, t, min(p, 1.0), ci_low=diff - margin, ci_high=diff + margin, **common)
+    return result(WELCH, t, min(p, 1.0), ci_low=diff - margin, ci_high=diff + margin)
 
 
 def two_proportion_test(
@@ -117,7 +119,9 @@ def two_proportion_test(
     _check_counts("b", successes_b, n_b)
     p_a, p_b = successes_a / n_a, successes_b / n_b
     diff = p_a - p_b
-    common = {"mean_a": p_a, "mean_b": p_b, "n_a": n_a, "n_b": n_b, "diff": diff, "confidence": confidence}
+    result = functools.partial(
+        TestResult, mean_a=p_a, mean_b=p_b, n_a=n_a, n_b=n_b, diff=diff, confidence=confidence
+    )
     pooled = (successes_a + successes_b) / (n_a + n_b)
     se0 = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
     se = math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
@@ -128,7 +132,7 @@ def two_proportion_test(
         margin = float(stats.norm.ppf(0.5 + confidence / 2)) * se
         p = float(2 * stats.norm.sf(abs(z))) if se0 else 1.0
     name = TWO_PROPORTION + SEQUENTIAL if sequential else TWO_PROPORTION
-    return TestResult(name, z, min(p, 1.0), ci_low=diff - margin, ci_high=diff + margin, **common)
+    return result(name, z, min(p, 1.0), ci_low=diff - margin, ci_high=diff + margin)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

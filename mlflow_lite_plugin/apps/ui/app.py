@@ -18,7 +18,6 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -27,9 +26,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from mlflow_lite_plugin.apps.ui import dashboard, playground, traces
 from mlflow_lite_plugin.apps.ui.state import UIState
-
-if TYPE_CHECKING:
-    from mlflow_lite_plugin.client import Client
+from mlflow_lite_plugin.client import Client, get_default_client
+from mlflow_lite_plugin.core.model_names import litellm_module
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +45,6 @@ def create_app(
     """The UI app. ``client`` (default: the default client) makes every call and is pointed at
     ``experiment``, whose traces the explorer and dashboard read."""
     if client is None:
-        from mlflow_lite_plugin.client import get_default_client
-
         client = get_default_client()
     state = UIState(client=client, experiment=experiment, default_model=default_model)
     app = FastAPI(
@@ -93,8 +89,6 @@ async def _warm_up(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _prepare(state: UIState) -> None:
-    from mlflow_lite_plugin.core.model_names import litellm_module
-
     try:
         litellm_module()
         state.experiment_id()
@@ -115,8 +109,6 @@ def serve(
     """Run the UI until interrupted (``mlflow-lite ui``). API keys come from the environment
     (``OPENAI_API_KEY``...), as for every call; ``api_base`` applies to every call."""
     import uvicorn
-
-    from mlflow_lite_plugin.client import Client
 
     client = Client(**({"api_base": api_base} if api_base else {}))
     if cache:

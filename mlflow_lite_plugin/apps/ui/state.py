@@ -53,7 +53,10 @@ class UIState:
                     try:
                         self._experiment_id = store.create_experiment(self.experiment)
                     except MlflowException:  # the trace writer created it first
-                        self._experiment_id = store.get_experiment_by_name(self.experiment).experiment_id
+                        created = store.get_experiment_by_name(self.experiment)
+                        if created is None:  # it was not that: the creation failed for another reason
+                            raise
+                        self._experiment_id = created.experiment_id
                 else:
                     self._experiment_id = found.experiment_id
             return self._experiment_id
