@@ -63,27 +63,28 @@ from mlflow_lite_plugin.prompts.registry import (
 )
 from mlflow_lite_plugin.prompts.rendering import Template
 from mlflow_lite_plugin.prompts.signing import APPROVAL_KEY_ENV, ApprovalRecord, approval_key, content_digest, sign
+from mlflow_lite_plugin.tracing.schema import (  # the version tags of the approval workflow
+    APPROVAL_CHECKED_TAG,
+    APPROVAL_COMMENT_TAG,
+    APPROVAL_SIGNATURE_TAG,
+    APPROVED_ALIAS_TAG,
+    APPROVED_AT_TAG,
+    APPROVED_BY_TAG,
+    APPROVED_CONTENT_TAG,
+    PREVIOUS_VERSION_TAG,
+    PROPOSED_AT_TAG,
+    PROPOSED_BY_TAG,
+    REJECTED_AT_TAG,
+    REJECTED_BY_TAG,
+    REJECTION_REASON_TAG,
+    STATUS_TAG,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import PromptVersion
 
 logger = logging.getLogger(__name__)
 
-# Version tags. No dots in the keys: Unity Catalog tags forbid them (as for mlflow_lite_validate).
-STATUS_TAG = "mlflow_lite_status"
-PROPOSED_BY_TAG = "mlflow_lite_proposed_by"
-PROPOSED_AT_TAG = "mlflow_lite_proposed_at"
-APPROVED_BY_TAG = "mlflow_lite_approved_by"
-APPROVED_AT_TAG = "mlflow_lite_approved_at"
-APPROVED_ALIAS_TAG = "mlflow_lite_approved_alias"
-APPROVAL_COMMENT_TAG = "mlflow_lite_approval_comment"
-PREVIOUS_VERSION_TAG = "mlflow_lite_previous_version"
-REJECTED_BY_TAG = "mlflow_lite_rejected_by"
-REJECTED_AT_TAG = "mlflow_lite_rejected_at"
-REJECTION_REASON_TAG = "mlflow_lite_rejection_reason"
-APPROVAL_CHECKED_TAG = "mlflow_lite_approval_checked"  # "true" when an auth server vouched for the approver
-APPROVED_CONTENT_TAG = "mlflow_lite_approved_content"  # SHA-256 of the template and rules approved
-APPROVAL_SIGNATURE_TAG = "mlflow_lite_approval_signature"
 _WORKFLOW_TAGS = frozenset({
     STATUS_TAG, PROPOSED_BY_TAG, PROPOSED_AT_TAG, APPROVED_BY_TAG, APPROVED_AT_TAG, APPROVED_ALIAS_TAG,
     APPROVAL_COMMENT_TAG, PREVIOUS_VERSION_TAG, REJECTED_BY_TAG, REJECTED_AT_TAG, REJECTION_REASON_TAG,

@@ -34,14 +34,14 @@ from typing import Any
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.prompts.builtins import BUILTIN_TEMPLATES, list_templates
 from mlflow_lite_plugin.prompts.rendering import Template, check_variable_names
+from mlflow_lite_plugin.tracing.schema import VALIDATE_TAG
 
 logger = logging.getLogger(__name__)
 
 # Where a registry template keeps its default validation: a prompt version tag holding JSON. A tag
 # of our own, not MLflow's response_format (a JSON Schema only, meant for the provider's structured
 # output) nor model_config (inference settings, checked against MLflow's own fields): the rules
-# cover lengths, words and choices too. No dots in the key, since Unity Catalog tags forbid them.
-VALIDATE_TAG = "mlflow_lite_validate"
+# cover lengths, words and choices too: VALIDATE_TAG (no dots in the key: Unity Catalog tags forbid them).
 
 # The roles a chat prompt from the registry may have, in order: an optional system message, then
 # the user message; few-shot or multi-turn prompts do not fit Template.

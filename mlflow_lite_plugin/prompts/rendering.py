@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.tracing import schema
 
 # MLflow's PROMPT_TEMPLATE_VARIABLE_PATTERN, copied so that importing this module does not import
 # mlflow.
@@ -80,12 +81,12 @@ class Template:
 
     def _trace_attributes(self) -> dict[str, str]:
         attributes = {
-            "mlflow_lite.template": self.name,
-            "mlflow_lite.template_version": self.version,
-            "mlflow_lite.template_source": self.source,
+            schema.TEMPLATE: self.name,
+            schema.TEMPLATE_VERSION: self.version,
+            schema.TEMPLATE_SOURCE: self.source,
         }
         if self.uri is not None:
-            attributes["mlflow_lite.template_uri"] = self.uri
+            attributes[schema.TEMPLATE_URI] = self.uri
         return attributes
 
 
