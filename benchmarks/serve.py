@@ -28,7 +28,7 @@ lite server's exporter creates its schema while the first requests come in. Afte
 requests and after each lite round, the script waits (``--trace-wait``) until the lite server has
 written one trace per request, and reports "traces written N/N" and how long its trace writing
 lagged behind; a trace missing at the end exits with 1. The script reads the store only through
-``tracing.open_store`` (under the exporter's lock), so its own reads never race the schema creation.
+``tracing.store.open_store`` (under the exporter's lock), so its own reads never race the schema creation.
 
 Nothing here needs a network or an API key. Everything is written to a temporary directory that
 is deleted at the end. Run from the repository root::
@@ -340,7 +340,7 @@ def count_traces() -> int:
     """Traces in the benchmark store (the served model writes to MLflow's default experiment)."""
     import mlflow
 
-    from mlflow_lite_plugin.tracing.tracer import open_store
+    from mlflow_lite_plugin.tracing.store import open_store
 
     open_store(mlflow.get_tracking_uri())  # not at the same time as the exporter creates its schema
     experiment = mlflow.get_experiment_by_name("Default")

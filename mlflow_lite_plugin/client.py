@@ -8,6 +8,7 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
+from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.tracing import tracer as tracing_module
 from mlflow_lite_plugin.cache.backends import make_backend
 from mlflow_lite_plugin.cache.stage import ExactCacheStage, SemanticCacheStage
@@ -135,7 +136,7 @@ class Client:
         system = query_kwargs.pop("system", None)
         links = None
         if chosen.source == "registry":  # MLflow's own link from a trace to the prompt versions it used
-            links = {"mlflow.linkedPrompts": json.dumps([{"name": chosen.name, "version": str(chosen.version)}])}
+            links = {schema.LINKED_PROMPTS: json.dumps([{"name": chosen.name, "version": str(chosen.version)}])}
         call = self._call(
             "query", None, model, prepared.messages, system, query_kwargs,
             labels=prepared.trace_attributes, trace_tags=links,
@@ -527,7 +528,7 @@ class Client:
 
         ``export`` chooses how traces are written: ``"thread"`` (a background thread of this
         process; the default, or ``MLFLOW_LITE_TRACE_EXPORT``) or ``"process"`` (a child process
-        writing batches: for servers, see ``trace_export.py``).
+        writing batches: for servers, see ``tracing/export.py``).
         """
         if export is not None:
             try:
@@ -579,17 +580,21 @@ class Client:
             stream=stream,
         )
         models = [self.models.resolve(name) for name in (request.model, *request.fallbacks)]
+        tags = {schema.MODEL: request.model, **(labels or {}), **(trace_tags or {}), **request.tags}
+        # The template the trace is tagged with scopes few-shot examples (the learner reads that tag
+        # back from the trace); the request holds it, so the scope is the same with tracing off.
+        request.template = tags.get(schema.TEMPLATE)
         if not traced:
             return Call(request=request, models=models, span=tracing_module.NullSpan(), pricing=self.pricing)
-        attributes = {"mlflow_lite.requested_model": request.model, "mlflow_lite.kind": kind, **(labels or {})}
-        if request.namespace:  # scopes what feedback on this call may teach (feedback.py)
-            attributes["mlflow_lite.namespace"] = request.namespace
+        attributes = {schema.REQUESTED_MODEL: request.model, schema.KIND: kind, **(labels or {})}
+        if request.namespace:  # scopes what feedback on this call may teach (feedback/human.py)
+            attributes[schema.NAMESPACE] = request.namespace
         span = self.tracer.start(
-            f"mlflow_lite.{kind}",
-            tracing_module.CHAT_MODEL,
+            schema.root_span_name(kind),
+            schema.CHAT_MODEL,
             inputs=chat_inputs(request.messages, request.model, request.images),
             attributes=attributes,
-            tags={"mlflow_lite.model": request.model, **(labels or {}), **(trace_tags or {}), **request.tags},
+            tags=tags,
         )
         return Call(request=request, models=models, span=span, pricing=self.pricing)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generator, Iterator
 
 from mlflow_lite_plugin.security import credentials
 from mlflow_lite_plugin.core import deadline
+from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.tracing import tracer as tracing
 from mlflow_lite_plugin.core.errors import ProviderError, from_provider_exception, local_request_error
 from mlflow_lite_plugin.core.model_names import litellm_module
@@ -108,14 +109,14 @@ class Provider:
         reask = f", re-ask {call.reasks}" if call.reasks else ""
         return call.span.child(
             f"{attempt.model.name} (attempt {attempt.number}{reask})",
-            tracing.CHAT_MODEL,
+            schema.CHAT_MODEL,
             inputs=inputs,
             attributes={
-                tracing.LLM_MODEL: attempt.model.name,
-                tracing.LLM_PROVIDER: attempt.model.provider,
-                "mlflow_lite.attempt": attempt.number,
-                "mlflow_lite.retry": attempt.retry,
-                "mlflow_lite.reask": call.reasks,
+                schema.LLM_MODEL: attempt.model.name,
+                schema.LLM_PROVIDER: attempt.model.provider,
+                schema.ATTEMPT: attempt.number,
+                schema.RETRY: attempt.retry,
+                schema.REASK: call.reasks,
             },
         )
 
@@ -129,7 +130,7 @@ class Provider:
             raise local from exc
         error = from_provider_exception(exc, attempt.model.name)
         error._trace = span.trace_ref
-        span.set_attributes({"mlflow_lite.status_code": error.status_code, "mlflow_lite.transient": error.transient})
+        span.set_attributes({schema.STATUS_CODE: error.status_code, schema.TRANSIENT: error.transient})
         span.end(error=error)
         return error
 
@@ -165,15 +166,15 @@ class Provider:
             raw=raw,
         )
         attributes: dict[str, Any] = {
-            tracing.CHAT_USAGE: {
+            schema.CHAT_USAGE: {
                 "input_tokens": prompt_tokens,
                 "output_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             },
-            "mlflow_lite.cost_known": cost is not None,
+            schema.COST_KNOWN: cost is not None,
         }
         if breakdown is not None:  # unknown: left unset (MLflow's store rejects a null cost)
-            attributes[tracing.LLM_COST] = breakdown
+            attributes[schema.LLM_COST] = breakdown
         span.set_attributes(attributes)
         span.end(outputs=_dump(raw))
         return response
@@ -202,7 +203,7 @@ class Provider:
                 chunk = next(iterator, None)
         except GeneratorExit:
             _close_stream(chunks)
-            span.set_attributes({"mlflow_lite.stopped_early": True})
+            span.set_attributes({schema.STOPPED_EARLY: True})
             span.end(outputs={"partial_text": "".join(call.parts)})
             raise
         except Exception as exc:

@@ -78,6 +78,7 @@ class Request:
     use_cache: bool = True  # cache=False on a call bypasses every cache
     validator: Validator | None = None  # validate= rules, with on_fail and max_attempts
     images: tuple[Image, ...] = ()  # image= attachments (already in messages; kept for traces)
+    template: str | None = None  # the prompt template's name (a template call): scopes few-shot examples
 
     @property
     def max_answers(self) -> int:

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.pipeline import Stage
 from mlflow_lite_plugin.core.request import content_text
+from mlflow_lite_plugin.tracing import schema
+from mlflow_lite_plugin.tracing.schema import CORRECTION, EXAMPLES_PREFIX, HUMAN, RATING, ROOT_SPANS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,14 +49,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-RATING = "rating"
-CORRECTION = "expected_response"
-HUMAN = "HUMAN"
 DEFAULT_SCALE: tuple[float, float] = (1, 5)
-ROOT_SPANS = ("mlflow_lite.query", "mlflow_lite.stream")
-TEMPLATE_TAG = "mlflow_lite.template"
-NAMESPACE_ATTRIBUTE = "mlflow_lite.namespace"  # on the root span of a call with namespace=
-EXAMPLES_PREFIX = "mlflow_lite_examples_"
 # Prompt Registry keeps a template in a tag of at most 100,000 characters: leave room for JSON.
 _MAX_PROMPT_CHARS = 90_000
 _SCOPE_TAG_CHARS = 2_000
@@ -94,7 +89,7 @@ def is_error(trace: Trace) -> bool:
 
 
 def stopped_early(root: Span) -> bool:
-    return bool(root.attributes.get("mlflow_lite.stopped_early"))
+    return bool(root.attributes.get(schema.STOPPED_EARLY))
 
 
 def _human(assessment: Assessment, name: str) -> bool:
@@ -386,8 +381,8 @@ class FeedbackLearner:
         if not question.strip() or not answer:
             return None
         example = Example(question, answer, trace.info.trace_id, "correction" if correction else "rating")
-        template = trace.info.tags.get(TEMPLATE_TAG)
-        self._add(scope_of(messages, template, root.attributes.get(NAMESPACE_ATTRIBUTE)), example, template)
+        template = trace.info.tags.get(schema.TEMPLATE)
+        self._add(scope_of(messages, template, root.attributes.get(schema.NAMESPACE)), example, template)
         _logger.info("Learned a few-shot example (%s) from trace %s", example.source, example.trace_id)
         return example
 
@@ -530,7 +525,7 @@ def _registry_examples(name: str) -> list[Example]:
         for q, a in zip(prompt.template[0::2], prompt.template[1::2])
         if q.get("role") == "user" and a.get("role") == "assistant"
     ]
-    sources = json.loads(prompt.tags.get("mlflow_lite_sources", "[]"))
+    sources = json.loads(prompt.tags.get(schema.EXAMPLES_SOURCES_TAG, "[]"))
     sources += [{}] * (len(pairs) - len(sources))  # a version edited by hand may lack them
     return [
         Example(question, answer, s.get("trace_id", ""), s.get("source", "correction"))
@@ -548,13 +543,13 @@ def _publish(scope: str, examples: list[Example], template: str | None) -> None:
         return
     messages = [m for e in examples for m in _turns(e)]
     tags = {
-        "mlflow_lite_scope": scope[:_SCOPE_TAG_CHARS],
-        "mlflow_lite_scope_key": scope_key(scope),
-        "mlflow_lite_examples": str(len(examples)),
-        "mlflow_lite_sources": json.dumps([{"trace_id": e.trace_id, "source": e.source} for e in examples]),
+        schema.EXAMPLES_SCOPE_TAG: scope[:_SCOPE_TAG_CHARS],
+        schema.EXAMPLES_SCOPE_KEY_TAG: scope_key(scope),
+        schema.EXAMPLES_COUNT_TAG: str(len(examples)),
+        schema.EXAMPLES_SOURCES_TAG: json.dumps([{"trace_id": e.trace_id, "source": e.source} for e in examples]),
     }
     if template:
-        tags["mlflow_lite_template"] = template
+        tags[schema.EXAMPLES_TEMPLATE_TAG] = template
     newest = examples[-1]
     version = mlflow.genai.register_prompt(
         name=prompt_name(scope), template=messages, tags=tags,
@@ -598,7 +593,7 @@ class FewShotStage(Stage):
     def before(self, call: Call) -> Response | None:
         if not self.learner.enabled:
             return None
-        template = getattr(call.span, "attributes", {}).get(TEMPLATE_TAG)  # None when tracing is off
+        template = call.request.template
         messages, namespace = call.request.messages, call.request.namespace
         try:
             found = self.learner.matches(messages, template, namespace=namespace)
@@ -616,9 +611,9 @@ def _record(call: Call, found: list[Match], key: str) -> None:
     trace_ids = [m.example.trace_id for m in found]
     call.span.set_attributes(
         {
-            "mlflow_lite.few_shot_examples": len(found),
-            "mlflow_lite.few_shot_trace_ids": trace_ids,
-            "mlflow_lite.few_shot_prompt": EXAMPLES_PREFIX + key,
+            schema.FEW_SHOT_EXAMPLES: len(found),
+            schema.FEW_SHOT_TRACE_IDS: trace_ids,
+            schema.FEW_SHOT_PROMPT: EXAMPLES_PREFIX + key,
         }
     )
     call.span.add_event(

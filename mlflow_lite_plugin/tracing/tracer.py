@@ -16,136 +16,25 @@ Credentials stay out of traces: span errors (message, stack trace with its sourc
 
 from __future__ import annotations
 
-import atexit
-import functools
 import logging
 import os
-import random
 import sys
 import threading
 import time
 import traceback
-import weakref
-from collections import deque
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any
 
 from mlflow_lite_plugin.security import credentials
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory file locks; stores are opened unserialised there
-    fcntl = None  # type: ignore[assignment]
+from mlflow_lite_plugin.tracing import schema
+from mlflow_lite_plugin.tracing.export import ProcessWriter
+from mlflow_lite_plugin.tracing.store import FLUSH_TIMEOUT, open_store, safely
+from mlflow_lite_plugin.tracing.writers import CallerLinks, QueueWriter, ThreadWriter
 
 _logger = logging.getLogger(__name__)
 
-# MLflow span types, as strings so this module does not import mlflow.
-CHAT_MODEL = "CHAT_MODEL"
-LLM = "LLM"
-CHAIN = "CHAIN"
-
-# MLflow's span attribute keys (mlflow.tracing.constant.SpanAttributeKey): the UI aggregates
-# token usage and cost per trace from these.
-CHAT_USAGE = "mlflow.chat.tokenUsage"
-LLM_COST = "mlflow.llm.cost"
-LLM_MODEL = "mlflow.llm.model"
-LLM_PROVIDER = "mlflow.llm.provider"
-
-# A call nested under the caller's span keeps its trace tags here, as a root span attribute.
-NESTED_TAGS = "mlflow_lite.trace_tags"
 _NO_OP_TRACE_ID = "MLFLOW_NO_OP_SPAN_TRACE_ID"
-FLUSH_TIMEOUT = float(os.environ.get("MLFLOW_LITE_TRACE_FLUSH_TIMEOUT", "30"))
-# Traces waiting for the writer beyond this are dropped (and counted): under a load the tracking
-# store cannot absorb, tracing must not grow memory without bound or slow the calls down.
-MAX_PENDING_TRACES = int(os.environ.get("MLFLOW_LITE_MAX_PENDING_TRACES", "10000"))
-DRAIN_MIN = 20  # a flush finding more traces than this waiting writes them in batches
-# A failed trace write (or store open) is tried this many times, RETRY_FIRST_S apart and doubling
-# up to RETRY_MAX_S (~25 s in all): long enough for a store being created or a server restarting.
-RETRY_ATTEMPTS = 8
-RETRY_FIRST_S = 0.25
-RETRY_MAX_S = 10.0
-
-
-def retry_delay(attempt: int) -> float:
-    """Seconds to wait after the ``attempt``-th failed try (from 1), jittered so that several
-    writers that failed together do not retry together."""
-    return min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-
-
-# -- the tracking store, opened once per process --
-
-_opened_stores: set[str] = set()
-_opening = threading.Lock()
-
-
-def open_store(uri: str) -> None:
-    """Open the tracking store of ``uri`` once in this process, before any trace is written to it.
-
-    MLflow creates a fresh sqlite store's schema when a process first opens it; two processes doing
-    it at once fail, and can leave it half-migrated for good ("table _alembic_tmp_experiments
-    already exists"). A served model's exporter children, its trace writer and its experiment
-    lookups open a sqlite store here, under a file lock next to the database, so one of them creates
-    the schema and the others wait and find it. Raises what MLflow raises (the callers retry).
-    """
-    if uri in _opened_stores:
-        return
-    with _opening:
-        if uri in _opened_stores:
-            return
-        import mlflow
-
-        with _store_lock(uri):
-            mlflow.MlflowClient(uri).search_experiments(max_results=1)  # creates the schema if missing
-        _opened_stores.add(uri)
-
-
-@contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """An exclusive lock on ``<database>.lock`` for a sqlite file store; nothing for other stores
-    (a tracking server or a database server creates its schema on its own)."""
-    path = _sqlite_file(uri)
-    fd = None
-    if path is not None and fcntl is not None:
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)  # as MLflow does before it opens the store
-            fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:  # a read-only directory: opening the store will say what is wrong
-            fd = None
-    if fd is None:
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _sqlite_file(uri: str) -> str | None:
-    if not uri.startswith("sqlite:"):
-        return None
-    from sqlalchemy.engine import make_url  # an MLflow dependency
-
-    database = make_url(uri).database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return os.path.abspath(database)
-
-
-def open_store_with_retries(uri: str, warn: Any) -> None:
-    """:func:`open_store`, tried again with backoff while it fails (another process, not ours,
-    may be creating the schema); the last error goes to ``warn``."""
-    for attempt in range(1, RETRY_ATTEMPTS + 1):
-        try:
-            open_store(uri)
-            return
-        except Exception as exc:
-            if attempt == RETRY_ATTEMPTS:
-                warn(exc)
-                return
-            _logger.info("Could not open the tracking store %s (attempt %d of %d): %s", uri, attempt,
-                         RETRY_ATTEMPTS, exc)
-            time.sleep(retry_delay(attempt))
 
 
 class TraceRef:
@@ -177,7 +66,7 @@ class Span:
 
     def __init__(
         self,
-        trace: _Trace,
+        trace: RecordedTrace,
         name: str,
         span_type: str,
         inputs: Any = None,
@@ -217,7 +106,7 @@ class Span:
     def set_attributes(self, attributes: dict[str, Any]) -> None:
         self.attributes.update(attributes)
         if self._live is not None:
-            _safely(self._live.set_attributes, attributes)
+            safely(self._live.set_attributes, attributes)
 
     def hide(self, values: Iterable[str]) -> None:
         """Mask these values (the call's own API key) wherever they would appear in this trace's
@@ -229,7 +118,7 @@ class Span:
         event = (name, time.time_ns(), credentials.scrub_data(dict(attributes or {}), self._trace.secrets))
         self.events.append(event)
         if self._live is not None:
-            _safely(self._live_event, event)
+            safely(self._live_event, event)
 
     def log_feedback(
         self,
@@ -239,7 +128,7 @@ class Span:
         rationale: str | None = None,
         error: str | None = None,
         source_type: str = "CODE",
-        source_id: str = "mlflow_lite",
+        source_id: str = schema.CODE_SOURCE,
     ) -> None:
         """Attach an MLflow feedback assessment to this call's trace (written with the trace)."""
         self._trace.feedback.append(
@@ -259,7 +148,7 @@ class Span:
             # An errored span's attributes quote the error (``mlflow_lite.error``).
             self.attributes = credentials.scrub_data(self.attributes, self._trace.known_secrets())
         if self._live is not None:
-            _safely(self._close_live)
+            safely(self._close_live)
         if self.parent is None:
             self._trace.finish()
 
@@ -287,7 +176,7 @@ class Span:
         attributes = self.attributes
         if is_root and parent_live is not None and self._trace.tags:
             # Trace tags belong to the caller's trace; keep ours (routing, A/B, template) on our span.
-            attributes = {**attributes, NESTED_TAGS: dict(self._trace.tags)}
+            attributes = {**attributes, schema.NESTED_TAGS: dict(self._trace.tags)}
         try:
             self._live = mlflow.start_span_no_context(
                 name=self.name,
@@ -303,7 +192,7 @@ class Span:
             _logger.warning("Could not start MLflow span %r: %s", self.name, exc)
             self._live = None
         if is_root and not self._trace.live and self._live is not None:
-            _safely(self._trace.links.apply, self._live.trace_id)
+            safely(self._trace.links.apply, self._live.trace_id)
         if is_root and self._trace.live:  # replayed traces get their id once fully written
             self._trace.ref.set(getattr(self._live, "trace_id", None))
 
@@ -325,7 +214,7 @@ class Span:
             self._live.set_attributes(self.attributes)  # live spans got them unscrubbed
             record_exception(self._live, record)
         if self.parent is None and self._trace.feedback:
-            _safely(self._log_feedback)
+            safely(self._log_feedback)
         self._live.end(outputs=self.outputs, end_time_ns=self.end_ns)
 
     def _log_feedback(self) -> None:
@@ -386,55 +275,16 @@ def record_exception(live: Any, record: dict[str, str]) -> None:
     live.set_status(SpanStatus(SpanStatusCode.ERROR, f"{record['type']}: {record['message']}"))
 
 
-class CallerLinks(NamedTuple):
-    """What MLflow links a trace to, as seen from the thread that made the call."""
+class RecordedTrace:
+    """One call's trace as recorded in memory: its spans, tags, feedback and where it goes."""
 
-    run_id: str | None = None
-    run_experiment_id: str | None = None
-    model_id: str | None = None  # mlflow.set_active_model, or the pyfunc model being predicted
-
-    @classmethod
-    def here(cls) -> CallerLinks:
-        fluent = sys.modules.get("mlflow.tracking.fluent")
-        if fluent is None:
-            return cls()  # mlflow not imported yet: no run, no active model, no pyfunc predict
-        try:  # MLflow's own rules (tracing/processor/base_mlflow.py): latest run of any thread
-            from mlflow.tracing.utils import maybe_get_logged_model_id
-
-            run = fluent._get_latest_active_run()
-            model_id = fluent._get_active_model_id_global() or maybe_get_logged_model_id()
-        except Exception as exc:  # private helpers: a future MLflow may move them
-            _logger.debug("Could not read the active run and model: %s", exc)
-            return cls()
-        if run is None:
-            return cls(model_id=model_id)
-        return cls(run.info.run_id, run.info.experiment_id, model_id)
-
-    def apply(self, trace_id: str) -> None:
-        """Set the run and model of MLflow's in-memory trace ``trace_id`` (before it is exported)
-        to the caller's, replacing what MLflow saw from the writer thread."""
-        from mlflow.tracing.constant import TraceMetadataKey
-        from mlflow.tracing.trace_manager import InMemoryTraceManager
-
-        with InMemoryTraceManager.get_instance().get_trace(trace_id) as trace:
-            if trace is None:
-                return
-            metadata = trace.info.trace_metadata
-            for key, value in ((TraceMetadataKey.SOURCE_RUN, self.run_id), (TraceMetadataKey.MODEL_ID, self.model_id)):
-                if value:
-                    metadata[key] = value
-                else:
-                    metadata.pop(key, None)
-
-
-class _Trace:
     def __init__(self, tracer: Tracer, live: bool, parent_live: Any, tags: dict[str, str]):
         self.tracer = tracer
         self.live = live
         self.parent_live = parent_live
         self.tags = tags
         self.ref = TraceRef()
-        self.experiment_id: str | None = tracer._experiment_id() if live else None
+        self.experiment_id: str | None = tracer.experiment_id() if live else None
         # A live trace is MLflow's own; a replayed one is written from another thread or process,
         # where the caller's active run and prediction context are not visible: read them now.
         self.links = CallerLinks() if live else CallerLinks.here()
@@ -450,11 +300,18 @@ class _Trace:
 
     def chosen_experiment_id(self) -> str | None:
         """The client's own experiment, else the experiment of the caller's run, else None."""
-        return self.tracer._experiment_id() or self.links.run_experiment_id
+        return self.tracer.experiment_id() or self.links.run_experiment_id
 
     def finish(self) -> None:
         if not self.live:
             self.tracer._writer.submit(self)
+
+    def replay(self) -> str | None:
+        """Write the recorded spans through MLflow's span API, with their real times (the thread
+        writer); the id MLflow gave the trace."""
+        assert self.root is not None
+        self.root._replay()
+        return getattr(self.root._live, "trace_id", None)
 
 
 class NullSpan:
@@ -550,7 +407,7 @@ class Tracer:
 
     ``export="thread"`` replays each trace into MLflow from a background thread of this process,
     with MLflow's full trace metadata. ``export="process"`` hands traces to a child process that
-    writes them in batches (``trace_export.py``): for servers, where the thread's CPU would be
+    writes them in batches (:mod:`.export`): for servers, where the thread's CPU would be
     taken from the requests.
     """
 
@@ -558,7 +415,7 @@ class Tracer:
         self.enabled = enabled
         self.experiment = experiment
         self._experiment_ids: dict[tuple[str, str], str] = {}
-        self._writer: _QueueWriter = _writer(export_mode(export))
+        self._writer: QueueWriter = _writer(export_mode(export))
 
     @property
     def export(self) -> str:
@@ -582,7 +439,7 @@ class Tracer:
             live, parent = False, None
         if not live and _disabled_in_mlflow():
             return NullSpan()
-        trace = _Trace(self, live, parent, tags)
+        trace = RecordedTrace(self, live, parent, tags)
         trace.root = Span(trace, name, span_type, inputs, attributes)
         return trace.root
 
@@ -590,7 +447,7 @@ class Tracer:
         """Write every pending trace (also run at interpreter exit)."""
         self._writer.flush(timeout)
 
-    def _experiment_id(self) -> str | None:
+    def experiment_id(self) -> str | None:
         """The id of ``experiment`` (created if missing), or None for MLflow's active experiment."""
         if not self.experiment:
             return None
@@ -605,196 +462,5 @@ class Tracer:
         return self._experiment_ids[key]
 
 
-def _writer(mode: str) -> _QueueWriter:
-    if mode == "process":
-        from mlflow_lite_plugin.tracing.export import ProcessWriter
-
-        return ProcessWriter()
-    return _ThreadWriter()
-
-
-class _QueueWriter:
-    """Finished traces wait here, bounded, for a daemon thread that writes them in order."""
-
-    mode = ""
-    # Seconds a trace may wait for others to join its batch; 0 writes each at once. Waking the
-    # writer for every trace costs the serving threads GIL hand-offs.
-    linger = 0.0
-    max_batch = 200
-
-    def __init__(self) -> None:
-        self._start()
-        self._warned_at = 0.0
-        self.dropped = 0
-        # A forked child (multiprocessing's default on Linux) inherits this writer but not its
-        # thread: it starts afresh, or its traces would wait forever for a thread that is not there.
-        self._exit_hooked = False
-        if hasattr(os, "register_at_fork"):  # POSIX only: Windows has no fork
-            me = weakref.ref(self)
-            os.register_at_fork(before=functools.partial(_before_fork, me),
-                                after_in_child=functools.partial(_restart_after_fork, me))
-
-    def _start(self) -> None:
-        self._pending: deque[_Trace] = deque()  # after a fork, those waiting are the parent's to write
-        self._cond = threading.Condition()
-        self._busy = 0  # submitted, not yet written (or given up)
-        self._thread: threading.Thread | None = None
-        self._flushing = 0
-
-    def submit(self, trace: _Trace) -> None:
-        with self._cond:
-            if len(self._pending) >= MAX_PENDING_TRACES:
-                self.dropped += 1
-                trace.ref.set(None)
-                self._warn(RuntimeError(f"{self.dropped} trace(s) dropped: more than {MAX_PENDING_TRACES} waiting"))
-                return
-            self._pending.append(trace)
-            self._busy += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="mlflow-lite-traces", daemon=True)
-                self._thread.start()
-                atexit.register(self.flush)
-            if not self.linger or len(self._pending) in (1, self.max_batch):
-                self._cond.notify_all()  # lingering: only to start a batch, or to cut a full one
-
-    def flush(self, timeout: float = FLUSH_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        self._drain()
-        with self._cond:
-            self._flushing += 1
-            self._cond.notify_all()
-            while self._busy and time.monotonic() < deadline:
-                self._cond.wait(max(0.0, deadline - time.monotonic()))
-            self._flushing -= 1
-            if self._busy:
-                _logger.warning("%d MLflow trace(s) were not written within %.0f s", self._busy, timeout)
-        self._flushed()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending:
-                    self._cond.wait()
-                if self.linger and len(self._pending) < self.max_batch and not self._flushing:
-                    self._cond.wait(self.linger)
-                batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch))]
-            self._write(batch)
-
-    def _write(self, batch: list[_Trace]) -> None:
-        raise NotImplementedError
-
-    def _drain(self) -> None:
-        """At the start of a flush: a chance to write a backlog faster than one by one."""
-
-    def _flushed(self) -> None:
-        """After a flush: anything buffered downstream of this writer."""
-
-    def _done(self, ref: TraceRef, trace_id: str | None) -> None:
-        ref.set(trace_id)
-        with self._cond:
-            self._busy -= 1
-            if self._flushing:
-                self._cond.notify_all()
-
-    def _warn(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._warned_at > 60:  # once a minute, not once per call
-            self._warned_at = now
-            _logger.warning("Could not write an MLflow trace (calls are not affected): %s", exc)
-
-
-def _before_fork(writer: weakref.ref[_QueueWriter]) -> None:
-    """multiprocessing ends its workers with os._exit, which skips atexit: have its workers flush
-    in multiprocessing's own exit hook. (A new worker clears those hooks, then runs its after-fork
-    callbacks, which are registered here, in the parent, when multiprocessing is in use.)"""
-    alive, mp_util = writer(), sys.modules.get("multiprocessing.util")
-    if alive is not None and mp_util is not None and not alive._exit_hooked:
-        mp_util.register_after_fork(alive, _flush_at_worker_exit)
-        alive._exit_hooked = True
-
-
-def _restart_after_fork(writer: weakref.ref[_QueueWriter]) -> None:
-    alive = writer()
-    if alive is not None:
-        alive._start()
-
-
-def _flush_at_worker_exit(writer: _QueueWriter) -> None:
-    from multiprocessing import util
-
-    util.Finalize(None, writer.flush, exitpriority=0)
-
-
-class _ThreadWriter(_QueueWriter):
-    """Replays each trace through MLflow's span API, in this process, one at a time.
-
-    A flush that finds more than ``DRAIN_MIN`` traces waiting (the end of a long ``ml.batch``, or
-    interpreter exit) writes them itself with MLflow's multi-trace ``log_spans``, the process
-    exporter's path, at about a tenth of the CPU per trace: they are written in seconds instead
-    of being dropped at the flush timeout, without trace metadata (``mlflow.user``,
-    ``mlflow.source.*``, ``mlflow.modelId``).
-    """
-
-    mode = "thread"
-    max_batch = 1  # what waits stays in the queue, where a flush can drain it
-    _unflushed = False  # written to MLflow since its export queue was last flushed
-    _destination: Any = None  # trace_export.Destinations, when needed
-
-    def _drain(self) -> None:
-        with self._cond:
-            if len(self._pending) <= DRAIN_MIN:
-                return
-            batch = list(self._pending)
-            self._pending.clear()
-        from mlflow_lite_plugin.tracing.export import write_now
-
-        for trace, trace_id in write_now(batch, self._warn):
-            self._done(trace.ref, trace_id)
-
-    def _write(self, batch: list[_Trace]) -> None:
-        import mlflow
-
-        # MLflow's export would create a fresh store's schema unserialised (and drop the trace if
-        # another process is creating it too): open the store first, safely, once.
-        open_store_with_retries(mlflow.get_tracking_uri(), self._warn)
-        for trace in batch:
-            trace_id = None
-            try:
-                trace.experiment_id = self._experiment_id(trace)
-                assert trace.root is not None
-                trace.root._replay()
-                trace_id = getattr(trace.root._live, "trace_id", None)
-            except Exception as exc:
-                self._warn(exc)
-            finally:
-                # MLflow registers exit hooks when it (re)creates its tracer provider; exit hooks
-                # run last-registered-first, so re-register ours to flush before MLflow shuts down.
-                atexit.unregister(self.flush)
-                atexit.register(self.flush)
-                self._unflushed = True
-                self._done(trace.ref, trace_id)
-
-    def _experiment_id(self, trace: _Trace) -> str | None:
-        """Where ``trace`` goes; None leaves it to MLflow (which honours ``set_destination``)."""
-        own = trace.chosen_experiment_id()
-        if own or not CallerLinks.here().run_id:
-            return own
-        # A run began after the call: MLflow would file the trace in that run's experiment.
-        from mlflow_lite_plugin.tracing.export import Destinations
-
-        if self._destination is None:
-            self._destination = Destinations()
-        return self._destination(trace)[1]
-
-    def _flushed(self) -> None:
-        mlflow = sys.modules.get("mlflow")
-        if self._unflushed and mlflow is not None and hasattr(mlflow, "flush_trace_async_logging"):
-            self._unflushed = False
-            _safely(mlflow.flush_trace_async_logging)  # MLflow's own export queue
-
-
-def _safely(fn: Any, *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception as exc:
-        _logger.warning("MLflow tracing error (the call is not affected): %s", exc)
+def _writer(mode: str) -> QueueWriter:
+    return ProcessWriter() if mode == "process" else ThreadWriter()

@@ -52,7 +52,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from mlflow_lite_plugin.security import credentials
+from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.tracing import tracer as tracing
+from mlflow_lite_plugin.tracing.store import safely
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
 from mlflow_lite_plugin.prompts.templates import BUILTIN_TEMPLATES, Template
 
@@ -75,18 +77,6 @@ STEP_ALIASES: Mapping[str, tuple[str, Mapping[str, Any]]] = MappingProxyType(
 
 # Query keywords a step cannot take: the chain supplies the messages, the step its model.
 _NOT_STEP_KEYWORDS = ("messages", "model")
-
-# Span attributes of the chain and of its steps.
-ATTR_KIND = "mlflow_lite.kind"
-ATTR_STEPS = "mlflow_lite.chain.steps"
-ATTR_COST = "mlflow_lite.cost_usd"
-ATTR_LATENCY = "mlflow_lite.latency_s"
-ATTR_FAILED_STEP = "mlflow_lite.chain.failed_step"
-ATTR_STEP_INDEX = "mlflow_lite.step.index"
-ATTR_STEP_MODEL = "mlflow_lite.step.model"
-ATTR_STEP_TEMPLATE = "mlflow_lite.step.template"
-ATTR_CACHED = "mlflow_lite.cached"
-
 
 class ChainStepError(MlflowLiteError):
     """A step of a chain failed; no later step ran.
@@ -452,12 +442,12 @@ class _ChainTrace:
             import mlflow
 
             parent = mlflow.get_current_active_span()
-            experiment_id = tracer._experiment_id() if tracer is not None and parent is None else None
+            experiment_id = tracer.experiment_id() if tracer is not None and parent is None else None
         except Exception as exc:  # tracing must never fail the chain
             logger.warning("Could not trace chain %r (it runs untraced): %s", chain.name, exc)
             return cls()
-        attributes = {ATTR_KIND: "chain", ATTR_STEPS: [s.name for s in chain.steps]}
-        tags = {ATTR_KIND: "chain", "mlflow_lite.chain": chain.name} if parent is None else None
+        attributes = {schema.KIND: "chain", schema.CHAIN_STEPS: [s.name for s in chain.steps]}
+        tags = {schema.KIND: "chain", schema.CHAIN_NAME: chain.name} if parent is None else None
         opened = _open_span(
             chain.name, parent=parent, inputs=_json_inputs(scope), attributes=attributes, tags=tags,
             experiment_id=experiment_id,
@@ -474,9 +464,9 @@ class _ChainTrace:
         """A child span for one step (None when untraced), ended with the step's error if it fails."""
         opened = None
         if self.root is not None:
-            attributes = {ATTR_KIND: "chain_step", ATTR_STEP_INDEX: index, ATTR_STEP_MODEL: step.model or ""}
+            attributes = {schema.KIND: "chain_step", schema.STEP_INDEX: index, schema.STEP_MODEL: step.model or ""}
             if step.template_name is not None:
-                attributes[ATTR_STEP_TEMPLATE] = step.template_name
+                attributes[schema.STEP_TEMPLATE] = step.template_name
             opened = _open_span(step.name, parent=self.root, inputs=_json_inputs(inputs), attributes=attributes)
         if opened is None:
             yield None
@@ -493,9 +483,9 @@ class _ChainTrace:
         if self.root is None:
             return
         if result is not None:
-            _safely(self.root.set_attributes, {ATTR_COST: result.cost, ATTR_LATENCY: result.latency})
+            safely(self.root.set_attributes, {schema.COST_USD: result.cost, schema.LATENCY_S: result.latency})
         if isinstance(error, ChainStepError):
-            _safely(self.root.set_attributes, {ATTR_FAILED_STEP: error.step, ATTR_COST: error.cost})
+            safely(self.root.set_attributes, {schema.CHAIN_FAILED_STEP: error.step, schema.COST_USD: error.cost})
         outputs = {"output": result.output, "outputs": result.outputs} if result is not None else None
         _close_span(self.root, self.token, outputs=outputs, error=error, known=self.secrets)
 
@@ -503,11 +493,11 @@ class _ChainTrace:
 def _record_answer(live: Any, response: Response) -> None:
     if live is None:
         return
-    _safely(
+    safely(
         live.set_attributes,
-        {ATTR_COST: response.cost, ATTR_LATENCY: response.latency, ATTR_CACHED: response.cached or "none"},
+        {schema.COST_USD: response.cost, schema.LATENCY_S: response.latency, schema.CACHED: response.cached or "none"},
     )
-    _safely(live.set_outputs, response.text)
+    safely(live.set_outputs, response.text)
 
 
 def _open_span(
@@ -525,7 +515,7 @@ def _open_span(
         from mlflow.tracing.provider import set_span_in_context
 
         live = mlflow.start_span_no_context(
-            name=name, span_type="CHAIN", parent_span=parent, inputs=inputs, attributes=attributes,
+            name=name, span_type=schema.CHAIN, parent_span=parent, inputs=inputs, attributes=attributes,
             tags=tags, experiment_id=experiment_id,
         )
         return live, set_span_in_context(live)
@@ -552,10 +542,3 @@ def _json_inputs(values: Mapping[str, Any]) -> dict[str, Any]:
     """Span inputs: JSON-friendly values as they are, anything else as its text."""
     plain = (str, int, float, bool, list, dict, type(None))
     return {key: value if isinstance(value, plain) else str(value) for key, value in values.items()}
-
-
-def _safely(fn: Any, *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception as exc:
-        logger.warning("MLflow tracing error (the chain is not affected): %s", exc)

@@ -25,12 +25,11 @@ import requests
 
 import mlflow_lite_plugin as ml
 from mlflow_lite_plugin.testing import free_port
-from mlflow_lite_plugin.tracing.export import mlflow_trace_id
-
+from mlflow_lite_plugin.tracing.batch import mlflow_trace_id
 
 
 def _record(uri: str, marker: str, text: str) -> dict:
-    """One trace as the caller's process sends it to the exporter (``trace_export.trace_record``)."""
+    """One trace as the caller's process sends it to the exporter (``tracing.batch.trace_record``)."""
     now = time.time_ns()
     return {
         "key": secrets.token_hex(16), "tracking_uri": uri, "experiment_id": "0",
@@ -119,9 +118,9 @@ def test_exporters_opening_a_fresh_store_at_once_write_every_trace(tmp_path: Pat
     exporters = [_Exporter() for _ in range(2)]
     try:
         batches = [[_record(uri, marker, f"exporter {i} trace {j}") for j in range(10)] for i in range(2)]
-        for exporter, batch in zip(exporters, batches):
+        for exporter, batch in zip(exporters, batches, strict=True):
             exporter.send(batch)
-        for exporter, batch in zip(exporters, batches):
+        for exporter, batch in zip(exporters, batches, strict=True):
             acks = exporter.wait_acks(len(batch))
             assert all(acks.values()), f"traces given up: {acks}\n{exporter.log_text()}"
     finally:

@@ -240,8 +240,8 @@ def test_a_flush_writes_a_backlog_in_batches_in_the_thread_writer():
 
     client = ml.Client()
     writer = client.tracer._writer
-    release, original = threading.Event(), writer._write
-    writer._write = lambda batch: (release.wait(60), original(batch))  # the writer is stuck on one
+    release, original = threading.Event(), writer.write
+    writer.write = lambda batch: (release.wait(60), original(batch))  # the writer is stuck on one
     marker = uuid.uuid4().hex
     n = 130  # more than MLflow links to a run in one call
     with mlflow.start_run() as run:
@@ -249,7 +249,7 @@ def test_a_flush_writes_a_backlog_in_batches_in_the_thread_writer():
     deadline = time.monotonic() + 10
     while len(writer._pending) != n - 1 and time.monotonic() < deadline:
         time.sleep(0.01)  # one taken by the stuck writer, the rest waiting
-    writer._drain()
+    writer.drain()
     drained = [r for r in responses if r._trace._done.is_set()]
     assert len(drained) == n - 1 and all(r.trace_id for r in drained)
     release.set()

@@ -207,7 +207,8 @@ def test_trace_writing_is_off_the_callers_path(client, stub, openai_kw, monkeypa
     assert not release.is_set()
     threading.Timer(0.3, release.set).start()
     assert all(r.trace_id for r in responses)  # waits for the writer, now released
-    assert get_trace(responses[-1].trace_id).data.spans[0].outputs["choices"][0]["message"]["content"] == "Stub answer from gpt-4o: fast 2"
+    answer = get_trace(responses[-1].trace_id).data.spans[0].outputs["choices"][0]["message"]["content"]
+    assert answer == "Stub answer from gpt-4o: fast 2"
 
 
 @pytest.mark.slow
@@ -253,9 +254,9 @@ def test_query_inside_a_user_span_on_a_client_with_its_own_experiment(stub, open
 
 
 def test_writer_drops_traces_beyond_its_bound_instead_of_growing(stub, openai_kw, monkeypatch, caplog):
-    from mlflow_lite_plugin.tracing import tracer as tracing
+    from mlflow_lite_plugin.tracing import store
 
-    monkeypatch.setattr(tracing, "MAX_PENDING_TRACES", 0)  # every trace finds the queue "full"
+    monkeypatch.setattr(store, "MAX_PENDING_TRACES", 0)  # every trace finds the queue "full"
     client = ml.Client()
     r = client.query(model="gpt-4o", prompt="dropped trace", **openai_kw)
     assert r.text.startswith("Stub answer") and r.trace_id is None  # the call itself is unaffected
@@ -265,13 +266,13 @@ def test_writer_drops_traces_beyond_its_bound_instead_of_growing(stub, openai_kw
 def _hold_writer(client: ml.Client, monkeypatch) -> threading.Event:
     """Keep ``client``'s writer from writing until the returned event is set."""
     gate, writer = threading.Event(), client.tracer._writer
-    write = writer._write
+    write = writer.write
 
     def held(batch):
         assert gate.wait(60)
         write(batch)
 
-    monkeypatch.setattr(writer, "_write", held)
+    monkeypatch.setattr(writer, "write", held)
     return gate
 
 
