@@ -15,6 +15,7 @@ from mlflow_lite_plugin.cache.backends import BackendSkipped, CacheBackend, Redi
 from mlflow_lite_plugin.cache.keys import exact_key, scope_key
 from mlflow_lite_plugin.cache.singleflight import Lease, SingleFlight
 from mlflow_lite_plugin.cache.stats import CacheStats
+from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.cache.semantic import SemanticCache
@@ -95,7 +96,7 @@ class CacheStage(Stage):
         saved = entry.get("cost")
         self.stats.lookup(self.kind, True, saved)
         call.span.add_event("cache_hit", {"kind": self.kind, "saved_cost_usd": saved, **details})
-        call.span.set_attributes({"mlflow_lite.cost_saved_usd": saved})
+        call.span.set_attributes({schema.COST_SAVED_USD: saved})
         response = from_entry(entry, self.kind, call)
         response.validation = call.state.pop("cached_validation", None)
         return response
@@ -124,7 +125,7 @@ class CacheStage(Stage):
         except BackendSkipped as skipped:
             _logger.debug("%s cache %s skipped: %s", self.kind, action, skipped)
             if call is not None:
-                call.span.set_attributes({"mlflow_lite.cache.backend_skipped": skipped.backend})
+                call.span.set_attributes({schema.CACHE_BACKEND_SKIPPED: skipped.backend})
                 details = {"kind": self.kind, "action": action, "backend": skipped.backend}
                 call.span.add_event("cache_backend_skipped", {**details, "retry_in_s": round(skipped.retry_in, 3)})
             return None
@@ -235,7 +236,7 @@ class SemanticCacheStage(CacheStage):
             # Not looked up, not stored: normalising, embedding and verifying a long text would
             # cost more than the call (and the model only embeds its first 256 word pieces).
             limit = self.cache.max_query_chars
-            call.span.set_attributes({"mlflow_lite.cache.semantic_skipped": "query_too_long"})
+            call.span.set_attributes({schema.CACHE_SEMANTIC_SKIPPED: "query_too_long"})
             details = {"reason": "query_too_long", "query_chars": len(query), "max_query_chars": limit}
             call.span.add_event("semantic_cache_skipped", details)
             return None

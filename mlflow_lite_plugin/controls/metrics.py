@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.pipeline import Call, Stage
+from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.core.response import Response
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 # Names the pipeline itself logs as feedback on a trace.
-RESERVED_NAMES = frozenset({"validation"})
+RESERVED_NAMES = frozenset({schema.VALIDATION})
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class MetricsStage(Stage):
         response.metrics = self.metrics.evaluate(response.text, response)
         for name, result in response.metrics.items():
             metric = self.metrics.get(name)
-            call.span.set_attributes({f"mlflow_lite.metric.{name}": result.value if result.ok else "error"})
+            call.span.set_attributes({schema.metric_attribute(name): result.value if result.ok else "error"})
             call.span.log_feedback(
                 name,
                 result.value,

@@ -26,6 +26,7 @@ from mlflow_lite_plugin.core import deadline
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
 from mlflow_lite_plugin.core.pipeline import Call, Stage
 from mlflow_lite_plugin.core.response import Response
+from mlflow_lite_plugin.tracing import schema
 
 
 class RateLimitExceededError(MlflowLiteError):
@@ -212,7 +213,7 @@ class RateLimitStage(Stage):
         wait = self.schedule.reserve(costs, deadline.bound(self.max_wait))  # never past the request's deadline
         if wait > 0:
             call.span.add_event("rate_limit_wait", {"seconds": round(wait, 4)})
-            call.span.set_attributes({"mlflow_lite.rate_limit_wait_s": round(wait, 4)})
+            call.span.set_attributes({schema.RATE_LIMIT_WAIT_S: round(wait, 4)})
         return costs, wait
 
     def before(self, call: Call) -> Response | None:

@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mlflow_lite_plugin.core.errors import ArgumentError, ProviderError, ValidationError
+from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.core.request import content_text
 
 if TYPE_CHECKING:
@@ -65,15 +66,6 @@ DEFAULT_TIERS: Mapping[str, str] = {"fast": "gpt-4o-mini", "quality": "gpt-4o"}
 DEFAULT_THRESHOLD = 0.35  # the first cut-off: "high" complexity starts here
 _TOP_THRESHOLD = 0.70  # the last default cut-off when there are more than two tiers
 CHARS_PER_TOKEN = 4  # the usual rough estimate; a tokenizer would import LiteLLM for no gain
-
-# Tags on the trace of every routed call (MLflow trace tags are strings).
-TAG_TIER = "mlflow_lite.route_tier"
-TAG_MODEL = "mlflow_lite.route_model"
-TAG_SCORE = "mlflow_lite.route_score"
-TAG_LEVEL = "mlflow_lite.route_level"
-TAG_REASONS = "mlflow_lite.route_reasons"
-TAG_UPGRADED_FROM = "mlflow_lite.route_upgraded_from"
-TAG_UPGRADE_REASON = "mlflow_lite.route_upgrade_reason"
 
 _MAX_REASON_CHARS = 300  # an upgrade reason quotes an error message; keep tags readable
 
@@ -321,17 +313,17 @@ class RoutingDecision:
         return asdict(self)
 
     def tags(self) -> dict[str, str]:
-        """The decision as MLflow trace tags."""
+        """The decision as MLflow trace tags (strings), on the trace of every routed call."""
         tags = {
-            TAG_TIER: self.tier,
-            TAG_MODEL: self.model,
-            TAG_SCORE: f"{self.score:.3f}",
-            TAG_LEVEL: self.level,
-            TAG_REASONS: "; ".join(self.reasons) or "no complexity cues",
+            schema.ROUTE_TIER: self.tier,
+            schema.ROUTE_MODEL: self.model,
+            schema.ROUTE_SCORE: f"{self.score:.3f}",
+            schema.ROUTE_LEVEL: self.level,
+            schema.ROUTE_REASONS: "; ".join(self.reasons) or "no complexity cues",
         }
         if self.upgraded_from is not None:
-            tags[TAG_UPGRADED_FROM] = self.upgraded_from
-            tags[TAG_UPGRADE_REASON] = self.upgrade_reason or ""
+            tags[schema.ROUTE_UPGRADED_FROM] = self.upgraded_from
+            tags[schema.ROUTE_UPGRADE_REASON] = self.upgrade_reason or ""
         return tags
 
 

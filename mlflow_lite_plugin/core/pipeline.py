@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
 from mlflow_lite_plugin.core.attachments import Image, redact
 from mlflow_lite_plugin.core.request import Request
 from mlflow_lite_plugin.core.response import Response, usage_dict
+from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.core.model_names import ModelRef
@@ -267,7 +268,7 @@ class Pipeline:
         if hasattr(error, "_trace"):
             error._trace = call.span.trace_ref
             error.cost = billed
-        call.span.set_attributes({"mlflow_lite.error": f"{type(error).__name__}: {error}", "mlflow_lite.cost_usd": billed})
+        call.span.set_attributes({schema.ERROR: f"{type(error).__name__}: {error}", schema.COST_USD: billed})
         call.span.end(error=error)
 
     def _finish(self, call: Call, response: Response, stopped_early: bool = False) -> Response:
@@ -278,16 +279,16 @@ class Pipeline:
         response._trace = call.span.trace_ref
         call.span.set_attributes(
             {
-                "mlflow_lite.model": response.model,
-                "mlflow_lite.provider": response.provider,
-                "mlflow_lite.prompt_tokens": response.prompt_tokens,
-                "mlflow_lite.completion_tokens": response.completion_tokens,
-                "mlflow_lite.total_tokens": response.total_tokens,
-                "mlflow_lite.cost_usd": response.cost,
-                "mlflow_lite.latency_s": round(response.latency, 6),
-                "mlflow_lite.time_to_first_token_s": response.time_to_first_token,
-                "mlflow_lite.cached": response.cached or "none",
-                "mlflow_lite.stopped_early": stopped_early,
+                schema.MODEL: response.model,
+                schema.PROVIDER: response.provider,
+                schema.PROMPT_TOKENS: response.prompt_tokens,
+                schema.COMPLETION_TOKENS: response.completion_tokens,
+                schema.TOTAL_TOKENS: response.total_tokens,
+                schema.COST_USD: response.cost,
+                schema.LATENCY_S: round(response.latency, 6),
+                schema.TIME_TO_FIRST_TOKEN_S: response.time_to_first_token,
+                schema.CACHED: response.cached or "none",
+                schema.STOPPED_EARLY: stopped_early,
             }
         )
         rejection = next((e for e in (s.reject(call, response) for s in self.stages) if e is not None), None)
@@ -295,7 +296,7 @@ class Pipeline:
             if hasattr(rejection, "_trace"):
                 rejection._trace = call.span.trace_ref
                 rejection.cost = response.cost  # the rejected answer was paid for
-            call.span.set_attributes({"mlflow_lite.error": f"{type(rejection).__name__}: {rejection}"})
+            call.span.set_attributes({schema.ERROR: f"{type(rejection).__name__}: {rejection}"})
         call.span.end(outputs=chat_outputs(response), error=rejection)
         if rejection is not None:
             raise rejection

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.feedback.human import (
     human_correction,
     human_ratings,
@@ -295,7 +296,7 @@ def _candidate(trace: Trace, min_rating: float | None, include_errors: bool) -> 
     if answer is None:
         return "no_answer"
     messages = [_plain(m) for m in root_messages(root)] + [{"role": "assistant", "content": answer}]
-    model = root.attributes.get("mlflow_lite.model") or trace.info.tags.get("mlflow_lite.model")
+    model = root.attributes.get(schema.MODEL) or trace.info.tags.get(schema.MODEL)
     return _Candidate(trace.info.trace_id, model, messages, overall_rating(ratings), correction is not None)
 
 

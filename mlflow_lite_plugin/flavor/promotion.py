@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
+from mlflow_lite_plugin.tracing import schema
 
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
@@ -91,7 +92,7 @@ def promote(
         raise PromotionRefusedError(name, model_version.version, alias, failures)
     client.set_registered_model_alias(name, alias, model_version.version)
     record = {"figures": checked, "require": {m: f"{s} {t:g}" for m, (s, t) in gates.items()}, "at": time.time()}
-    client.set_model_version_tag(name, model_version.version, f"mlflow_lite.promotion.{alias}", json.dumps(record))
+    client.set_model_version_tag(name, model_version.version, schema.promotion_tag(alias), json.dumps(record))
     return checked
 
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
+from mlflow_lite_plugin.tracing import schema
+
 if TYPE_CHECKING:
     from mlflow_lite_plugin.client import Client
     from mlflow_lite_plugin.core.pipeline import Pipeline
@@ -32,7 +34,7 @@ class LiteRunContextProvider(RunContextProvider):
     def tags(self) -> dict[str, str]:
         from mlflow_lite_plugin import __version__
 
-        tags = {"mlflow_lite.version": __version__}
+        tags = {schema.RUN_VERSION: __version__}
         try:
             tags.update(client_tags())
         except Exception:  # a run must start whatever state the client is in
@@ -48,11 +50,11 @@ def client_tags() -> dict[str, str]:
     if client is None:
         return {}
     described = {
-        "mlflow_lite.default_model": client.model,
-        "mlflow_lite.cache": describe_cache(client.pipeline),
-        "mlflow_lite.budget": describe_budget(client.pipeline),
-        "mlflow_lite.rate_limit": describe_rate_limit(client.pipeline),
-        "mlflow_lite.metrics": describe_metrics(client),
+        schema.RUN_DEFAULT_MODEL: client.model,
+        schema.run_tag("cache"): describe_cache(client.pipeline),
+        schema.run_tag("budget"): describe_budget(client.pipeline),
+        schema.run_tag("rate_limit"): describe_rate_limit(client.pipeline),
+        schema.run_tag("metrics"): describe_metrics(client),
     }
     return {key: value[:MAX_TAG_LENGTH] for key, value in described.items() if value}
 

@@ -97,6 +97,7 @@ from mlflow_lite_plugin.workflows import ab_stats as stats
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, ProviderError, ValidationError
 from mlflow_lite_plugin.core.response import Response
 from mlflow_lite_plugin.storage.sqlite import enable_wal
+from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.client import Client
@@ -741,7 +742,7 @@ class ABTest:
             model, version = _registered_version(client, f"models:/{model}/{version}", registered_model)
         client.set_registered_model_alias(model, alias, version)
         record = {"test": self.name, "variant": variant.name, "reason": report.reason, "run_id": report.run_id}
-        client.set_model_version_tag(model, version, f"mlflow_lite.ab_test.{alias}", json.dumps(record))
+        client.set_model_version_tag(model, version, schema.ab_test_alias_tag(alias), json.dumps(record))
         _logger.info("A/B test %r: moved %r of %s to version %s (%s)", self.name, alias, model, version, variant.name)
         return Promotion(model, version, alias, variant.name, report)
 
@@ -1052,9 +1053,9 @@ def _log_report(report: ABReport, params: Mapping[str, str]) -> str:
     as metrics, the full report as a JSON artifact."""
     import mlflow
 
-    tags = {"mlflow_lite.ab_test": report.test, "mlflow_lite.ab_test.status": report.status}
+    tags = {schema.AB_TEST: report.test, schema.AB_TEST_STATUS: report.status}
     if report.winner:
-        tags["mlflow_lite.ab_test.winner"] = report.winner
+        tags[schema.AB_TEST_WINNER] = report.winner
     with mlflow.start_run(run_name=f"ab_test {report.test}", nested=mlflow.active_run() is not None, tags=tags) as run:
         mlflow.log_params(dict(params))
         mlflow.log_metrics(_report_metrics(report))

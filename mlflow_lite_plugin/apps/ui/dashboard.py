@@ -21,6 +21,7 @@ from fastapi.responses import Response
 
 from mlflow_lite_plugin.cache.stage import ExactCacheStage, SemanticCacheStage
 from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.apps.ui.state import UIState
 from mlflow_lite_plugin.apps.ui.state import ui_state
 from mlflow_lite_plugin.apps.ui.traces import calls
@@ -103,9 +104,9 @@ def aggregate(traces: Iterable[Trace], first_day: date, days: int) -> dict[str, 
         tags = [f"{k}={v}" for k, v in user_tags(trace.info.tags).items()]
         for span in calls(trace):
             attributes = span.attributes
-            cost = attributes.get("mlflow_lite.cost_usd")
+            cost = attributes.get(schema.COST_USD)
             # Only a call that returned an answer has its model set (the failed do not).
-            answered = "mlflow_lite.model" in attributes
+            answered = schema.MODEL in attributes
             if not answered:
                 extra["errors"] += 1
                 if not isinstance(cost, (int, float)) or not cost:  # nothing billed
@@ -113,15 +114,15 @@ def aggregate(traces: Iterable[Trace], first_day: date, days: int) -> dict[str, 
             elif not isinstance(cost, (int, float)):
                 extra["unpriced_calls"] += 1
                 cost = 0.0
-            if attributes.get("mlflow_lite.cached") not in (None, "none"):
+            if attributes.get(schema.CACHED) not in (None, "none"):
                 extra["cache_hits"] += 1
-                extra["cost_saved"] += attributes.get("mlflow_lite.cost_saved_usd") or 0.0
-            model = attributes.get("mlflow_lite.model") or attributes.get("mlflow_lite.requested_model") or "?"
+                extra["cost_saved"] += attributes.get(schema.COST_SAVED_USD) or 0.0
+            model = attributes.get(schema.MODEL) or attributes.get(schema.REQUESTED_MODEL) or "?"
             groups = [overall, by_model[model], *(by_tag[t] for t in tags)]
             if day in by_day:
                 groups.append(by_day[day])
             for group in groups:
-                group.add(float(cost), attributes.get("mlflow_lite.total_tokens") or 0, answered)
+                group.add(float(cost), attributes.get(schema.TOTAL_TOKENS) or 0, answered)
     return {
         "days": days,
         "first_day": first_day.isoformat(),

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mlflow_lite_plugin.feedback import human as feedback
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
+from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.apps.ui.state import UIState
 from mlflow_lite_plugin.apps.ui.state import ui_state
 
@@ -101,7 +102,7 @@ def search_filter(text: str, model: str) -> str | None:
     if text.strip():
         clauses.append(f"trace.text ILIKE {_contains(text)}")
     if model.strip():
-        clauses.append(f"tags.`mlflow_lite.model` ILIKE {_contains(model)}")
+        clauses.append(f"tags.`{schema.MODEL}` ILIKE {_contains(model)}")
     return " AND ".join(clauses) or None
 
 
@@ -114,7 +115,7 @@ def _contains(text: str) -> str:
 
 def calls(trace: Trace) -> list[Span]:
     """Our query/stream spans of a trace, in start order."""
-    spans = [s for s in trace.data.spans if s.name in feedback.ROOT_SPANS]
+    spans = [s for s in trace.data.spans if s.name in schema.ROOT_SPANS]
     return sorted(spans, key=lambda s: s.start_time_ns)
 
 
@@ -139,7 +140,7 @@ def row(trace: Trace) -> dict[str, Any]:
     if spans:
         question = feedback.last_user_text(feedback.root_messages(spans[0])) or None
         answer = feedback.root_answer(spans[-1])
-    cached = sorted({str(s.attributes.get("mlflow_lite.cached")) for s in spans} - {"none", "None"})
+    cached = sorted({str(s.attributes.get(schema.CACHED)) for s in spans} - {"none", "None"})
     return {
         "trace_id": info.trace_id,
         "time_ms": info.request_time,
@@ -149,18 +150,18 @@ def row(trace: Trace) -> dict[str, Any]:
         "model": _model(spans[-1]) if spans else None,
         "question": question or info.request_preview,
         "answer": answer or info.response_preview,
-        "tokens": total(spans, "mlflow_lite.total_tokens"),
-        "cost": total(spans, "mlflow_lite.cost_usd"),
+        "tokens": total(spans, schema.TOTAL_TOKENS),
+        "cost": total(spans, schema.COST_USD),
         "cached": ", ".join(cached) or None,
         "rating": feedback.overall_rating(feedback.human_ratings(info)),
-        "template": info.tags.get("mlflow_lite.template"),
+        "template": info.tags.get(schema.TEMPLATE),
         "tags": user_tags(info.tags),
     }
 
 
 def _model(span: Span) -> str | None:
     """The model that answered; the one asked for when the call failed before an answer."""
-    return span.attributes.get("mlflow_lite.model") or span.attributes.get("mlflow_lite.requested_model")
+    return span.attributes.get(schema.MODEL) or span.attributes.get(schema.REQUESTED_MODEL)
 
 
 def detail(trace: Trace) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from mlflow_lite_plugin.core.errors import ArgumentError, check_number
+from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.controls.budget.stage import Ledger, Period
@@ -315,7 +316,7 @@ def fire_crossed(
                     "channels": ", ".join(c.name for c in channels),
                 },
             )
-            span.set_attributes({"mlflow_lite.budget.alert_fired": alert.threshold})
+            span.set_attributes({schema.BUDGET_ALERT_FIRED: alert.threshold})
         dispatch(channels, event)
         fired.append(event)
     return fired

@@ -69,6 +69,7 @@ from mlflow_lite_plugin.core import deadline
 from mlflow_lite_plugin.storage.sqlite import enable_wal
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, TracedError, check_number
 from mlflow_lite_plugin.core.pipeline import Call, Stage
+from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.controls.budget.alerts import Alert
@@ -1161,11 +1162,11 @@ class BudgetStage(Stage):
     def _hold(self, call: Call, reservation: Reservation, scope: str, periods: list[tuple[Period, float]]) -> None:
         call.state[self.name] = _Held(reservation, scope, periods)
         call.span.set_attributes(
-            {"mlflow_lite.budget.scope": scope, "mlflow_lite.budget.reserved_usd": reservation.amount}
+            {schema.BUDGET_SCOPE: scope, schema.BUDGET_RESERVED_USD: reservation.amount}
         )
         if reservation.waited:
             call.span.add_event("budget_wait", {"seconds": round(reservation.waited, 4)})
-            call.span.set_attributes({"mlflow_lite.budget.wait_s": round(reservation.waited, 4)})
+            call.span.set_attributes({schema.BUDGET_WAIT_S: round(reservation.waited, 4)})
 
     @staticmethod
     def _unreachable(call: Call, exc: Exception) -> BudgetLedgerError:
@@ -1197,7 +1198,7 @@ class BudgetStage(Stage):
                 resets_at=period.end,
             )
             call.span.add_event("budget_refused", {"reason": "unknown_price", "models": ", ".join(models)})
-            call.span.set_attributes({"mlflow_lite.budget.refused": True})
+            call.span.set_attributes({schema.BUDGET_REFUSED: True})
             raise error
         for name in models:
             if name not in self._unpriced_warned:
@@ -1238,7 +1239,7 @@ class BudgetStage(Stage):
                 "message": str(error),
             },
         )
-        call.span.set_attributes({"mlflow_lite.budget.refused": True, "mlflow_lite.budget.scope": error.scope})
+        call.span.set_attributes({schema.BUDGET_REFUSED: True, schema.BUDGET_SCOPE: error.scope})
         self._fire(call, error.scope, period, error.limit, error.spent, refused=True)
         return error
 
@@ -1252,10 +1253,10 @@ class BudgetStage(Stage):
             _logger.error("Budget: could not record $%s spent by a call: %s", actual, exc)
             call.span.add_event("budget_settle_failed", {"error": repr(exc), "spent_usd": actual})
             return
-        attributes: dict[str, Any] = {"mlflow_lite.budget.charged_usd": actual}
+        attributes: dict[str, Any] = {schema.BUDGET_CHARGED_USD: actual}
         for (period, limit), total in zip(held.periods, totals):
-            attributes[f"mlflow_lite.budget.{period.name}_spent_usd"] = total
-            attributes[f"mlflow_lite.budget.{period.name}_limit_usd"] = limit
+            attributes[schema.budget_spent_attribute(period.name)] = total
+            attributes[schema.budget_limit_attribute(period.name)] = limit
             self._fire(call, held.scope, period, limit, total)
         call.span.set_attributes(attributes)
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mlflow_lite_plugin.core.errors import ValidationError
 from mlflow_lite_plugin.core.pipeline import Call, Stage, StopStream
+from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.core.model_names import ModelRef
@@ -75,9 +76,9 @@ class ValidationStage(Stage):
             raise StopStream(
                 str(violation),
                 {
-                    "mlflow_lite.validation.stopped_at_char": violation.read,
-                    "mlflow_lite.validation.stop_rule": violation.rule,
-                    "mlflow_lite.validation.stop_path": violation.path or "",
+                    schema.VALIDATION_STOPPED_AT_CHAR: violation.read,
+                    schema.VALIDATION_STOP_RULE: violation.rule,
+                    schema.VALIDATION_STOP_PATH: violation.path or "",
                 },
             ) from None
 
@@ -107,18 +108,18 @@ class ValidationStage(Stage):
         assert call.request.validator is not None
         call.span.set_attributes(
             {
-                "mlflow_lite.validation.passed": result.passed,
-                "mlflow_lite.validation.errors": result.errors,
-                "mlflow_lite.validation.attempts": result.attempts,
-                "mlflow_lite.validation.rules": call.request.validator.describe(),
+                schema.VALIDATION_PASSED: result.passed,
+                schema.VALIDATION_ERRORS: result.errors,
+                schema.VALIDATION_ATTEMPTS: result.attempts,
+                schema.VALIDATION_RULES: call.request.validator.describe(),
             }
         )
         call.span.log_feedback(
-            "validation",
+            schema.VALIDATION,
             result.passed,
             rationale="; ".join(result.errors) or None,
             source_type="CODE",
-            source_id="mlflow_lite.validation",
+            source_id=schema.VALIDATION_SOURCE,
         )
 
 
