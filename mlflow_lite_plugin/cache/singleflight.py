@@ -21,16 +21,18 @@ only there is one answer interchangeable with the other.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from mlflow_lite_plugin.core import deadline
-from mlflow_lite_plugin.cache.backends import BackendSkipped
+from mlflow_lite_plugin.storage.errors import BackendSkipped
+
+if TYPE_CHECKING:
+    from mlflow_lite_plugin.storage.redis import RedisStorage
 
 _logger = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ Lookup = Callable[[], "dict[str, Any] | None"]
 
 DEFAULT_WAIT = 60.0  # seconds a waiter waits for a leader before it calls by itself
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1  # seconds between two polls of the Redis cache key
-# Deletes the lock only if it still holds our token (it may have expired and been retaken).
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 @dataclass
@@ -88,14 +88,13 @@ class Lease:
 
 
 class SingleFlight:
-    """The in-flight calls of one exact cache. ``redis``: the cache's Redis client, to coalesce
-    across processes too, and ``breaker`` its circuit breaker (an open circuit: this process only);
-    ``lock_ttl``: how long a Redis lock outlives a leader that died."""
+    """The in-flight calls of one exact cache. ``redis``: the cache's Redis storage, to coalesce
+    across processes too (its locks go through the cache's circuit breaker: an open circuit means
+    this process only); ``lock_ttl``: how long a Redis lock outlives a leader that died."""
 
-    def __init__(self, redis: Any = None, *, breaker: Any = None, wait: float = DEFAULT_WAIT,
+    def __init__(self, redis: RedisStorage | None = None, *, wait: float = DEFAULT_WAIT,
                  lock_ttl: float = DEFAULT_WAIT, prefix: str = "mlflow_lite:flight:"):
         self.redis = redis
-        self.breaker = breaker
         self.wait = wait
         self.lock_ttl = lock_ttl
         self.prefix = prefix
@@ -146,16 +145,13 @@ class SingleFlight:
             if self._flights.get(lease.key) is lease.flight:
                 del self._flights[lease.key]
         lease.flight.finish()
-        if lease.token is not None:
+        if lease.token is not None and self.redis is not None:
             try:
-                self._redis_op(self.redis.eval, _RELEASE, 1, self.prefix + lease.key, lease.token)
+                self.redis.lock_release(self.prefix + lease.key, lease.token)
             except Exception as exc:  # the lock then expires by itself
                 _logger.warning("single flight: releasing the Redis lock failed: %s", exc)
 
     # -- internals --
-
-    def _redis_op(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return fn(*args) if self.breaker is None else self.breaker.run(fn, *args)
 
     def _enter(self, key: str) -> tuple[_Flight, bool]:
         with self._lock:
@@ -188,10 +184,10 @@ class SingleFlight:
     def _try_lock(self, lease: Lease, lookup: Lookup) -> tuple[dict[str, Any] | None, Lease | None]:
         """Take the Redis lock (lead every process), or find that another process leads:
         ``(None, None)`` then means "poll"."""
+        assert self.redis is not None
         token = uuid.uuid4().hex
         try:
-            lock = functools.partial(self.redis.set, nx=True, px=max(1, int(self.lock_ttl * 1000)))
-            taken = self._redis_op(lock, self.prefix + lease.key, token)
+            taken = self.redis.lock_acquire(self.prefix + lease.key, token, self.lock_ttl)
         except BackendSkipped:  # the cache's circuit is open: coalesce in this process only
             return None, lease
         except Exception as exc:  # Redis down: coalesce in this process only
@@ -204,10 +200,11 @@ class SingleFlight:
 
     def _poll(self, lease: Lease, lookup: Lookup) -> tuple[dict[str, Any] | None, Lease | None]:
         """Another process leads: its answer, once stored, ends this process's flight too."""
+        assert self.redis is not None
         answer = lookup()
         if answer is None:
             try:
-                held = self._redis_op(self.redis.exists, self.prefix + lease.key)
+                held = self.redis.lock_held(self.prefix + lease.key)
             except Exception:
                 held = False
             if held:

@@ -147,7 +147,7 @@ class ExactCacheStage(CacheStage):
         # Identical misses in flight at once make one provider call (singleflight.py); across
         # processes too when they share a Redis cache.
         if single_flight is None and isinstance(backend, RedisBackend):
-            single_flight = SingleFlight(backend._redis, breaker=backend.breaker)
+            single_flight = SingleFlight(backend)
         self.flights = single_flight or SingleFlight()
 
     def before(self, call: Call) -> Response | None:

@@ -17,15 +17,16 @@ never waits.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from mlflow_lite_plugin.core import deadline
-from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
+from mlflow_lite_plugin.core.errors import MlflowLiteError
 from mlflow_lite_plugin.core.pipeline import Call, Stage
 from mlflow_lite_plugin.core.response import Response
+from mlflow_lite_plugin.storage.memory import MemoryStorage
+from mlflow_lite_plugin.storage.redis import RedisStorage
 from mlflow_lite_plugin.tracing import schema
 
 
@@ -46,18 +47,11 @@ class Pace:
     unit: str  # "requests" or "tokens"
     label: str
     scope: str = "*"  # the model it limits, "*" for all
-    next_free: float = 0.0  # the schedule: where the next reservation goes
-    free_at: float = 0.0  # reality: when the last call that actually started has been paid for
 
-    def earliest(self, now: float) -> float:
-        return max(now, self.next_free)
-
-    def reserve(self, slot: float, units: float) -> None:
-        self.next_free = slot + self.seconds(units)
-
-    def start(self, now: float, units: float) -> None:
-        self.free_at = now + self.seconds(units)
-        self.next_free = max(self.next_free, self.free_at)  # a late start delays the schedule
+    @property
+    def name(self) -> str:
+        """Its schedule's name in the storage (``requests:gpt-4o``, ``tokens:*``)."""
+        return f"{self.unit}:{self.scope}"
 
     def seconds(self, units: float) -> float:
         return units * 60.0 / self.per_minute
@@ -86,102 +80,62 @@ class RateLimit:
 Costs = list[tuple[Pace, float]]  # each applicable pace with the units this call takes of it
 
 
-class LocalSchedule:
-    """The schedule of one process: threads and asyncio tasks of this process share it."""
+class _Schedule:
+    """Books calls in a storage's schedule of timestamps, one schedule per pace (its
+    :attr:`Pace.name`): where the next reservation goes, and when the calls that really started
+    are paid for (a late start delays the schedule)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self._clock = clock
-        self._lock = threading.Lock()
+    storage: MemoryStorage | RedisStorage
 
     def reserve(self, costs: Costs, max_wait: float | None) -> float:
-        with self._lock:
-            now = self._clock()
-            slot = max(p.earliest(now) for p, _ in costs)
-            wait = slot - now
-            if max_wait is not None and wait > max_wait:
-                raise _too_long(costs, wait, max_wait)
-            for pace, units in costs:
-                pace.reserve(slot, units)
+        """The seconds to wait for this call's slot, booked; RateLimitExceededError over ``max_wait``."""
+        ok, wait = self.storage.schedule_reserve(*_booking(costs), max_wait)
+        if not ok:
+            raise _too_long(costs, wait, float(max_wait or 0))
+        return wait
+
+    async def areserve(self, costs: Costs, max_wait: float | None) -> float:
+        ok, wait = await self.storage.aschedule_reserve(*_booking(costs), max_wait)
+        if not ok:
+            raise _too_long(costs, wait, float(max_wait or 0))
         return wait
 
     def start(self, costs: Costs) -> float:
-        with self._lock:
-            now = self._clock()
-            remaining = max(p.free_at - now for p, _ in costs)
-            if remaining > 0:
-                return remaining
-            for pace, units in costs:
-                pace.start(now, units)
-            return 0.0
+        """0.0 once the call has started (the paces charged), else the seconds to wait first."""
+        return self.storage.schedule_start(*_booking(costs))
+
+    async def astart(self, costs: Costs) -> float:
+        return await self.storage.aschedule_start(*_booking(costs))
+
+    def forget(self, paces: Sequence[Pace]) -> None:
+        """Start these paces' schedules afresh."""
 
 
-# The same two steps as LocalSchedule, atomically in Redis with its clock, for every process and
-# host that points at it. Floats go back as strings: Lua numbers would be truncated to integers.
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local slot = now
-for i, key in ipairs(KEYS) do
-  local next_free = tonumber(redis.call('GET', key) or '0')
-  if next_free > slot then slot = next_free end
-end
-local wait = slot - now
-if tonumber(ARGV[1]) >= 0 and wait > tonumber(ARGV[1]) then return {0, tostring(wait)} end
-for i, key in ipairs(KEYS) do
-  local next_free = slot + tonumber(ARGV[i + 1])
-  redis.call('SET', key, tostring(next_free), 'PX', math.ceil((next_free - now) * 1000) + 60000)
-end
-return {1, tostring(wait)}
-"""
-_START = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local n = #ARGV
-local remaining = 0
-for i = 1, n do
-  local free_at = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if free_at - now > remaining then remaining = free_at - now end
-end
-if remaining > 0 then return tostring(remaining) end
-for i = 1, n do
-  local free_at = now + tonumber(ARGV[i])
-  local ttl = math.ceil(tonumber(ARGV[i]) * 1000) + 60000
-  redis.call('SET', KEYS[i], tostring(free_at), 'PX', ttl)
-  local next_free = tonumber(redis.call('GET', KEYS[n + i]) or '0')
-  if free_at > next_free then redis.call('SET', KEYS[n + i], tostring(free_at), 'PX', ttl) end
-end
-return '0'
-"""
+class LocalSchedule(_Schedule):
+    """The schedule of one process: threads and asyncio tasks of this process share it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.storage = MemoryStorage(clock=clock)
+
+    def forget(self, paces: Sequence[Pace]) -> None:
+        self.storage.schedule_forget([p.name for p in paces])
+
+    def next_slot_in(self, pace: Pace) -> float:
+        """Seconds until ``pace``'s next free slot."""
+        return self.storage.schedule_next_in(pace.name)
 
 
-class RedisSchedule:
-    """One schedule shared by every process that uses the same Redis: one limit for all replicas."""
+class RedisSchedule(_Schedule):
+    """One schedule shared by every process that uses the same Redis: one limit for all replicas
+    (a limit set again keeps the schedule the others are booking in). Redis's clock."""
 
     def __init__(self, url: str, prefix: str = "mlflow_lite:ratelimit"):
-        try:
-            import redis
-        except ImportError as exc:
-            raise ArgumentError("backend", "backend='redis' needs: pip install 'mlflow-lite-plugin[redis]'") from exc
-        self._redis = redis.Redis.from_url(url)
-        self._redis.ping()  # fail at configuration time, not on the first call
-        self._reserve = self._redis.register_script(_RESERVE)
-        self._start = self._redis.register_script(_START)
-        self.prefix = "{" + prefix + "}"  # one hash tag: every key in one cluster slot
+        self.storage = RedisStorage(url, prefix="{" + prefix + "}:")  # one hash tag: every key in one cluster slot
 
-    def _key(self, pace: Pace, which: str) -> str:
-        return f"{self.prefix}:{pace.unit}:{pace.scope}:{which}"
 
-    def reserve(self, costs: Costs, max_wait: float | None) -> float:
-        keys = [self._key(p, "next") for p, _ in costs]
-        args = [-1 if max_wait is None else max_wait] + [p.seconds(u) for p, u in costs]
-        ok, wait = self._reserve(keys=keys, args=args)
-        if not int(ok):
-            raise _too_long(costs, float(wait), float(max_wait or 0))
-        return float(wait)
-
-    def start(self, costs: Costs) -> float:
-        keys = [self._key(p, "free") for p, _ in costs] + [self._key(p, "next") for p, _ in costs]
-        return float(self._start(keys=keys, args=[p.seconds(u) for p, u in costs]))
+def _booking(costs: Costs) -> tuple[list[str], list[float]]:
+    """The schedules' names and the seconds this call moves each on by."""
+    return [p.name for p, _ in costs], [p.seconds(units) for p, units in costs]
 
 
 def _too_long(costs: Costs, wait: float, max_wait: float) -> RateLimitExceededError:
@@ -199,25 +153,40 @@ class RateLimitStage(Stage):
 
     def add(self, limit: RateLimit) -> None:
         self.limits = [x for x in self.limits if x.model != limit.model] + [limit]
+        self.schedule.forget(limit.paces)  # a new limit starts with a free schedule
+
+    def costs(self, call: Call) -> Costs:
+        """Each pace that limits this call, with the units it takes of it."""
+        paces = [p for lim in self.limits if lim.applies(call) for p in lim.paces]
+        tokens = 0.0
+        if any(p.unit == "tokens" for p in paces):  # counting tokens costs: only when limited
+            tokens = float(call.prompt_tokens + int(call.request.params.get("max_tokens") or 0))
+        return [(p, 1.0 if p.unit == "requests" else tokens) for p in paces]
 
     def reserve(self, call: Call) -> tuple[Costs, float]:
         """Book this call's place in the schedule (arrival order): its costs and how long to
         wait. Raises RateLimitExceededError if that is over ``max_wait``."""
-        paces = [p for lim in self.limits if lim.applies(call) for p in lim.paces]
-        if not paces:
+        costs = self.costs(call)
+        if not costs:
             return [], 0.0
-        tokens = 0.0
-        if any(p.unit == "tokens" for p in paces):  # counting tokens costs: only when limited
-            tokens = float(call.prompt_tokens + int(call.request.params.get("max_tokens") or 0))
-        costs = [(p, 1.0 if p.unit == "requests" else tokens) for p in paces]
-        wait = self.schedule.reserve(costs, deadline.bound(self.max_wait))  # never past the request's deadline
+        return costs, self._waiting(call, self.schedule.reserve(costs, deadline.bound(self.max_wait)))
+
+    async def areserve(self, call: Call) -> tuple[Costs, float]:
+        """:meth:`reserve` with the schedule's async twin."""
+        costs = self.costs(call)
+        if not costs:
+            return [], 0.0
+        return costs, self._waiting(call, await self.schedule.areserve(costs, deadline.bound(self.max_wait)))
+
+    @staticmethod
+    def _waiting(call: Call, wait: float) -> float:
         if wait > 0:
             call.span.add_event("rate_limit_wait", {"seconds": round(wait, 4)})
-            call.span.set_attributes({schema.RATE_LIMIT_WAIT_S: round(wait, 4)})
-        return costs, wait
+            call.span.set_attributes({"mlflow_lite.rate_limit_wait_s": round(wait, 4)})
+        return wait
 
     def before(self, call: Call) -> Response | None:
-        costs, wait = self.reserve(call)
+        costs, wait = self.reserve(call)  # max_wait never runs past the request's deadline
         if costs:
             if wait > 0:
                 time.sleep(wait)
@@ -228,10 +197,10 @@ class RateLimitStage(Stage):
         return None
 
     async def abefore(self, call: Call) -> Response | None:
-        costs, wait = self.reserve(call)
+        costs, wait = await self.areserve(call)
         if costs:
             if wait > 0:
                 await asyncio.sleep(wait)
-            while (extra := self.schedule.start(costs)) > 0:
+            while (extra := await self.schedule.astart(costs)) > 0:
                 await asyncio.sleep(extra)
         return None

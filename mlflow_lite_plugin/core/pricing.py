@@ -173,3 +173,10 @@ class Pricing:
             model.name,
             model.requested,
         )
+
+
+def usd(amount: float) -> str:
+    """$10.00, $9.9951, $0.000012: at least cents, up to 6 decimals, no trailing zeros past cents."""
+    text = f"{amount:,.6f}".rstrip("0")
+    whole, _, decimals = text.partition(".")
+    return f"${whole}.{decimals.ljust(2, '0')}"

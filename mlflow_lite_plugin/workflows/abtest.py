@@ -84,7 +84,6 @@ import math
 import numbers
 import random
 import re
-import sqlite3
 import string
 import threading
 import time
@@ -96,7 +95,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from mlflow_lite_plugin.workflows import ab_stats as stats
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, ProviderError, ValidationError
 from mlflow_lite_plugin.core.response import Response
-from mlflow_lite_plugin.storage.sqlite import enable_wal
+from mlflow_lite_plugin.storage.memory import MemoryStorage
+from mlflow_lite_plugin.storage.sqlite import SQLiteStorage
 from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
@@ -156,85 +156,32 @@ class Observation:
         return cls(variant, response.cost, response.latency, validation, metrics, None, response.trace_id, user_id)
 
 
-class MemoryStore:
-    """Observations and ratings of this process."""
+class ObservationStore:
+    """Observations and ratings of A/B tests in a storage's logs: this process's memory, or a
+    SQLite file (WAL mode) shared by the processes of a host."""
 
-    def __init__(self) -> None:
-        self._observations: list[tuple[str, Observation]] = []
-        self._ratings: list[tuple[str, str, float]] = []
-        self._lock = threading.Lock()
-
-    def add(self, test: str, observation: Observation) -> None:
-        with self._lock:
-            self._observations.append((test, observation))
-
-    def observations(self, test: str) -> list[Observation]:
-        with self._lock:
-            return [o for t, o in self._observations if t == test]
-
-    def add_rating(self, test: str, trace_id: str, rating: float) -> None:
-        with self._lock:
-            self._ratings.append((test, trace_id, rating))
-
-    def ratings(self, test: str) -> dict[str, list[float]]:
-        with self._lock:
-            return _group((trace_id, rating) for t, trace_id, rating in self._ratings if t == test)
-
-
-class SQLiteStore:
-    """Observations and ratings in a SQLite file (WAL mode), shared by the processes of a host."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        db = self._connect()
-        enable_wal(db)
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS ab_observations (test TEXT NOT NULL, variant TEXT NOT NULL, "
-            "cost REAL, latency REAL, validation INTEGER, metrics TEXT NOT NULL, error TEXT, trace_id TEXT, "
-            "user_id TEXT, at REAL NOT NULL)"
-        )
-        db.execute("CREATE INDEX IF NOT EXISTS ab_observations_test ON ab_observations (test)")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS ab_ratings (test TEXT NOT NULL, trace_id TEXT NOT NULL, "
-            "rating REAL NOT NULL, at REAL NOT NULL)"
-        )
-
-    def _connect(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:  # one connection per thread; autocommit, so every insert is durable at once
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
-        return db
+    def __init__(self, storage: MemoryStorage | SQLiteStorage):
+        self.storage = storage
+        if isinstance(storage, SQLiteStorage):
+            storage.prepare("log")  # an unusable file fails when the test is made, not on a record
 
     def add(self, test: str, o: Observation) -> None:
         validation = None if o.validation is None else int(o.validation)
-        self._connect().execute(
-            "INSERT INTO ab_observations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (test, o.variant, o.cost, o.latency, validation, json.dumps(o.metrics), o.error, o.trace_id,
-             o.user_id, o.at),
-        )
+        row = (o.variant, o.cost, o.latency, validation, json.dumps(o.metrics), o.error, o.trace_id, o.user_id, o.at)
+        self.storage.append("ab_observations", test, row)
 
     def observations(self, test: str) -> list[Observation]:
-        rows = self._connect().execute(
-            "SELECT variant, cost, latency, validation, metrics, error, trace_id, user_id, at "
-            "FROM ab_observations WHERE test = ? ORDER BY at",
-            (test,),
-        ).fetchall()
         return [
             Observation(v, cost, latency, None if passed is None else bool(passed), json.loads(metrics), error,
                         trace_id, user_id, at)
-            for v, cost, latency, passed, metrics, error, trace_id, user_id, at in rows
+            for v, cost, latency, passed, metrics, error, trace_id, user_id, at in self.storage.rows("ab_observations", test)
         ]
 
     def add_rating(self, test: str, trace_id: str, rating: float) -> None:
-        self._connect().execute("INSERT INTO ab_ratings VALUES (?, ?, ?, ?)", (test, trace_id, rating, time.time()))
+        self.storage.append("ab_ratings", test, (trace_id, rating, time.time()))
 
     def ratings(self, test: str) -> dict[str, list[float]]:
-        rows = self._connect().execute("SELECT trace_id, rating FROM ab_ratings WHERE test = ?", (test,))
-        return _group(rows.fetchall())
+        return _group((trace_id, rating) for trace_id, rating, _ in self.storage.rows("ab_ratings", test))
 
 
 def _group(pairs: Iterable[tuple[str, float]]) -> dict[str, list[float]]:
@@ -608,7 +555,7 @@ class ABTest:
         self.confidence = confidence
         self.sequential = sequential
         self.goals = _goals(goals)
-        self.store: MemoryStore | SQLiteStore = SQLiteStore(path) if path is not None else MemoryStore()
+        self.store = ObservationStore(SQLiteStorage(path) if path is not None else MemoryStorage())
         self._client = client
         self._random = random.Random()
         self._lock = threading.Lock()  # guards _pending

@@ -177,7 +177,7 @@ def test_breaker_opens_after_n_failures_probes_once_and_closes(caplog):
         attempts.append(1)
         raise ConnectionError("down")
 
-    caplog.set_level(logging.INFO, logger="mlflow_lite_plugin.cache.backends")
+    caplog.set_level(logging.INFO, logger="mlflow_lite_plugin.storage.breaker")
     for _ in range(3):
         with pytest.raises(ConnectionError):
             breaker.run(down)
@@ -285,7 +285,7 @@ def test_a_hung_redis_is_skipped_then_used_again(tmp_path, stub, openai_kw, capl
 
         backend._redis.execute_command = counted
         os.kill(proc.pid, signal.SIGSTOP)
-        caplog.set_level(logging.INFO, logger="mlflow_lite_plugin.cache.backends")
+        caplog.set_level(logging.INFO, logger="mlflow_lite_plugin.storage.breaker")
         answers = [client.query(f"hung redis {i}") for i in range(2)]
         assert backend.breaker.state == "open"  # 3 timeouts in a row (lookup, lock, store...)
         paid = len(attempts)
