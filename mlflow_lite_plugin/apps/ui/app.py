@@ -110,7 +110,7 @@ def serve(
     (``OPENAI_API_KEY``...), as for every call; ``api_base`` applies to every call."""
     import uvicorn
 
-    client = Client(**({"api_base": api_base} if api_base else {}))
+    client = Client(api_base=api_base) if api_base else Client()
     if cache:
         client.set_cache()
     if daily_budget is not None:
