@@ -239,7 +239,7 @@ def test_redis_ttl_is_enforced_by_redis(redis_url, stub, openai_kw):
 def test_redis_unreachable_at_setup_is_a_clear_error(client):
     import redis
 
-    with pytest.raises(redis.ConnectionError, match="(?i)connect.*127.0.0.1:1"):
+    with pytest.raises(redis.ConnectionError, match=r"(?i)connect.*127\.0\.0\.1:1"):
         client.set_cache(enabled=True, backend="redis", url="redis://127.0.0.1:1/0")
 
 

@@ -155,7 +155,7 @@ def test_one_liner_seed_api(default_client):
     # the limit is on the default client: at 10/min a slot is 6 s after the last, so a caller that may
     # wait 0.5 s is refused by the first or (if re-setting the limit starts it afresh) second next call
     ml.set_rate_limit(requests_per_minute=10, max_wait=0.5)
-    with pytest.raises(ml.RateLimitExceededError, match="max_wait=0.5") as info:
+    with pytest.raises(ml.RateLimitExceededError, match=r"max_wait=0\.5") as info:
         for _ in range(2):
             ml.query(model="lite/echo", prompt="limited again")
     assert 5 < info.value.wait <= 6
