@@ -24,7 +24,7 @@ from mlflow_lite_plugin.controls.ratelimit import LocalSchedule, RateLimit, Rate
 from mlflow_lite_plugin.core.providers import Provider
 from mlflow_lite_plugin.core.request import build_request
 from mlflow_lite_plugin.core.response import Response, Stream, usage_dict
-from mlflow_lite_plugin.controls.validation.stage import ValidationStage
+from mlflow_lite_plugin.controls.validation.stage import ValidationStage, parse_rules
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.cache.semantic import SemanticCache
@@ -512,7 +512,7 @@ class Client:
         if num_retries is not None:
             defaults["num_retries"] = num_retries
         # validated as a call would be, before anything is changed
-        build_request(model="check", prompt="check", messages=None, system=None, kwargs={}, defaults=defaults)
+        build_call_request(model="check", prompt="check", messages=None, system=None, kwargs={}, defaults=defaults)
         self.defaults = defaults
 
     # -- tracing --
@@ -570,7 +570,7 @@ class Client:
     ) -> Call:
         """Build the request and open the root span (``traced=False``: none); ``labels`` go on the
         span and trace tags."""
-        request = build_request(
+        request = build_call_request(
             model=model or self.model,
             prompt=prompt,
             messages=messages,
@@ -598,6 +598,10 @@ class Client:
         )
         return Call(request=request, models=models, span=span, pricing=self.pricing)
 
+
+# Arguments checked as a call checks them, validate= rules parsed by the validation control: the one
+# place that joins core's request with that control (core knows no control).
+build_call_request = functools.partial(build_request, rules=parse_rules)
 
 _default: Client | None = None
 _default_lock = threading.Lock()

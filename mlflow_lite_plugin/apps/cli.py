@@ -7,12 +7,11 @@ from typing import Any
 
 import click
 
+from mlflow_lite_plugin.client import get_default_client
 from mlflow_lite_plugin.core import errors
 
 
 def _client(model: str | None = None) -> Any:
-    from mlflow_lite_plugin.client import get_default_client
-
     return get_default_client()
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.pipeline import Call, Stage
+from mlflow_lite_plugin.core.results import MetricResult  # re-exported: the response carries it
 from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
@@ -30,19 +31,6 @@ _logger = logging.getLogger(__name__)
 
 # Names the pipeline itself logs as feedback on a trace.
 RESERVED_NAMES = frozenset({schema.VALIDATION})
-
-
-@dataclass(frozen=True)
-class MetricResult:
-    """One metric on one answer: ``value`` (None when the metric failed), why, or its error."""
-
-    value: bool | int | float | str | None
-    rationale: str | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mlflow_lite_plugin.core.errors import ArgumentError, ProviderError, ValidationError
 from mlflow_lite_plugin.tracing import schema
-from mlflow_lite_plugin.core.request import content_text
+from mlflow_lite_plugin.core.messages import content_text, last_user_text
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.core.response import Response
@@ -165,7 +165,7 @@ def estimate_complexity(
     for the signals and weights. ``params`` are the call's ``query`` keywords: ``max_tokens`` and
     ``tools`` count, the others are ignored. ``level`` is "high" from ``threshold`` up."""
     chat = _as_messages(prompt, messages, system)
-    cue_text = _last_user_text(chat)
+    cue_text = last_user_text(chat)
     signals = [
         *_length(chat),
         *_code(cue_text),
@@ -198,13 +198,6 @@ def _as_messages(
     else:
         raise ArgumentError("prompt", "give a prompt (or messages=) to estimate its complexity")
     return ([{"role": "system", "content": system}] if system else []) + chat
-
-
-def _last_user_text(chat: Sequence[Mapping[str, Any]]) -> str:
-    for message in reversed(chat):
-        if message.get("role") == "user":
-            return content_text(message.get("content"))
-    return ""
 
 
 def _length(chat: Sequence[Mapping[str, Any]]) -> list[_Signal]:

@@ -208,10 +208,10 @@ _CREDENTIALS = re.compile(r"api[_ ]?key|credential", re.I)
 
 def _auth_message(message: str, model: str) -> str:
     """The provider's message, plus the environment variables LiteLLM looked for and did not find."""
-    from mlflow_lite_plugin.core.model_names import litellm_module  # loaded already: a provider call just failed
+    import litellm  # loaded already (a provider call just failed); errors sits below the module that loads it
 
     try:
-        missing = litellm_module().validate_environment(model).get("missing_keys") or []
+        missing = litellm.validate_environment(model).get("missing_keys") or []
     except Exception:  # naming the variable is a courtesy; the error must still be raised
         missing = []
     if not missing:

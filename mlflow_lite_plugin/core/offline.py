@@ -6,16 +6,16 @@ real models. It only answers model names under ``lite/``; real names always go t
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from mlflow_lite_plugin.core.messages import last_user_text
 
 OFFLINE_MODELS = ("lite/echo",)
 
 
 def echo_answer(messages: list[dict[str, Any]]) -> str:
-    from mlflow_lite_plugin.core.request import content_text
-
-    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
-    return f"Echo: {content_text(last_user.get('content')).strip()}"
+    return f"Echo: {last_user_text(messages).strip()}"
 
 
 def register_offline_provider(litellm: Any) -> None:

@@ -6,18 +6,20 @@ import difflib
 import functools
 import math
 import numbers
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Protocol
 
 from mlflow_lite_plugin.core.attachments import Image, attach, load_images
 from mlflow_lite_plugin.core.errors import ArgumentError, check_number
-
-if TYPE_CHECKING:
-    from mlflow_lite_plugin.controls.validation.rules import Validator
+from mlflow_lite_plugin.core.messages import last_user_text
+from mlflow_lite_plugin.core.model_names import litellm_module
+from mlflow_lite_plugin.core.results import ValidationResult
 
 # Keywords that are ours, not LiteLLM's: they shape the pipeline and are never sent to a provider.
 PIPELINE_KEYWORDS = frozenset(
-    {"num_retries", "fallbacks", "tags", "provider_params", "namespace", "cache", "validate", "on_fail", "max_attempts", "image"}
+    {"num_retries", "fallbacks", "tags", "provider_params", "namespace", "cache", "validate", "on_fail", "max_attempts",
+     "image"}
 )
 
 # Transient errors (429, 5xx, timeouts) are retried twice by default, as the OpenAI SDK does
@@ -54,13 +56,36 @@ def known_keywords() -> frozenset[str]:
     """Every keyword LiteLLM's ``completion()`` understands, read from the installed LiteLLM."""
     import inspect
 
-    from mlflow_lite_plugin.core.model_names import litellm_module
-
     litellm = litellm_module()
     names = set(inspect.signature(litellm.completion).parameters) - {"kwargs", "model", "messages"}
     names |= set(getattr(litellm, "all_litellm_params", ()))
     names |= set(getattr(litellm, "OPENAI_CHAT_COMPLETION_PARAMS", ()))
     return frozenset(names | _PROVIDER_EXTRAS)
+
+
+class StreamCheck(Protocol):
+    def feed(self, chunk: str) -> None:
+        """Check the next chunk; raises ``StreamViolation`` once a violation is certain."""
+
+
+class AnswerRules(Protocol):
+    """A call's ``validate=`` rules as the pipeline uses them. The validation control builds them
+    (``build_request(rules=...)``), so core knows no control."""
+
+    on_fail: str
+    max_attempts: int
+
+    def check(self, text: str, count_tokens: Callable[[str], int] | None = None) -> ValidationResult: ...
+
+    def incremental(self, count_tokens: Callable[[str], int] | None = None) -> StreamCheck: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def repair_prompt(self, result: ValidationResult) -> str: ...
+
+
+# Builds the rules of ``validate=`` from (spec, on_fail, max_attempts); raises ArgumentError.
+RulesParser = Callable[[Any, Any, Any], AnswerRules]
 
 
 @dataclass
@@ -76,7 +101,7 @@ class Request:
     stream: bool = False
     namespace: str | None = None  # cache scope per user/tenant: entries never cross namespaces
     use_cache: bool = True  # cache=False on a call bypasses every cache
-    validator: Validator | None = None  # validate= rules, with on_fail and max_attempts
+    validator: AnswerRules | None = None  # validate= rules, with on_fail and max_attempts
     images: tuple[Image, ...] = ()  # image= attachments (already in messages; kept for traces)
     template: str | None = None  # the prompt template's name (a template call): scopes few-shot examples
 
@@ -90,21 +115,7 @@ class Request:
     @property
     def prompt_text(self) -> str:
         """The text of the last user message (what most stages key on)."""
-        for message in reversed(self.messages):
-            if message.get("role") == "user":
-                return content_text(message.get("content"))
-        return ""
-
-
-def content_text(content: Any) -> str:
-    """Text of a message ``content``: a string, or the text parts of a content-part list."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Sequence):
-        return "".join(
-            part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text"
-        )
-    return "" if content is None else str(content)
+        return last_user_text(self.messages)
 
 
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
@@ -131,9 +142,13 @@ def _check_message(i: int, message: Mapping[str, Any]) -> None:
     elif isinstance(content, Sequence) and not isinstance(content, (str, bytes)):
         for j, part in enumerate(content):
             if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
-                raise ArgumentError("messages", f"item {i}: content part {j} must be a dict with a 'type', got {part!r}")
+                raise ArgumentError(
+                    "messages", f"item {i}: content part {j} must be a dict with a 'type', got {part!r}"
+                )
             if part["type"] == "text" and not isinstance(part.get("text"), str):
-                raise ArgumentError("messages", f"item {i}: text part {j} needs a string 'text', got {part.get('text')!r}")
+                raise ArgumentError(
+                    "messages", f"item {i}: text part {j} needs a string 'text', got {part.get('text')!r}"
+                )
     elif not isinstance(content, str):
         raise ArgumentError(
             "messages", f"item {i}: content must be a string or a list of content parts, got {type(content).__name__}"
@@ -172,9 +187,10 @@ def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
         if params.get(name) is not None and not isinstance(params[name], bool):
             raise ArgumentError(name, f"must be True or False, got {params[name]!r}")
     stop = params.get("stop")
-    if stop is not None and not isinstance(stop, str):
-        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
-            raise ArgumentError("stop", f"must be a string or a list of strings, got {stop!r}")
+    if stop is not None and not isinstance(stop, str) and (
+        not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop)
+    ):
+        raise ArgumentError("stop", f"must be a string or a list of strings, got {stop!r}")
     if params.get("user") is not None and not isinstance(params["user"], str):
         raise ArgumentError("user", f"must be a string, got {params['user']!r}")
     check_number("timeout", params.get("timeout"), unit="seconds")
@@ -226,8 +242,10 @@ def build_request(
     kwargs: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
     stream: bool = False,
+    rules: RulesParser | None = None,
 ) -> Request:
-    """Check the arguments of query/stream and build a :class:`Request`; raises ArgumentError."""
+    """Check the arguments of query/stream and build a :class:`Request`; raises ArgumentError.
+    ``rules`` parses ``validate=`` (the validation control's parser; without one such rules are refused)."""
     if not isinstance(model, str) or not model.strip():
         raise ArgumentError("model", f"must be a non-empty model name such as 'gpt-4o', got {model!r}")
     if prompt is not None and messages is not None:
@@ -276,7 +294,9 @@ def build_request(
     images = tuple(load_images(image)) if image is not None else ()
     if images:
         msgs = attach(msgs, images)
-    validator = _validator(merged.pop("validate", None), merged.pop("on_fail", None), merged.pop("max_attempts", None))
+    validator = _validator(
+        merged.pop("validate", None), merged.pop("on_fail", None), merged.pop("max_attempts", None), rules
+    )
     if stream and validator is not None and validator.on_fail == "retry":
         raise ArgumentError(
             "on_fail", "'retry' cannot re-ask a stream whose chunks were already delivered; use 'raise' or 'return'"
@@ -297,12 +317,12 @@ def build_request(
     )
 
 
-def _validator(spec: Any, on_fail: Any, max_attempts: Any) -> Validator | None:
+def _validator(spec: Any, on_fail: Any, max_attempts: Any, rules: RulesParser | None) -> AnswerRules | None:
     if spec is None or spec is False:
         if on_fail is not None or max_attempts is not None:
             name = "on_fail" if on_fail is not None else "max_attempts"
             raise ArgumentError(name, "only applies with validate= rules")
         return None
-    from mlflow_lite_plugin.controls.validation.rules import Validator  # only calls with rules pay for its import
-
-    return Validator(spec, on_fail=on_fail, max_attempts=max_attempts)
+    if rules is None:
+        raise ArgumentError("validate", "these arguments are checked without the validation control")
+    return rules(spec, on_fail, max_attempts)

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 if TYPE_CHECKING:
-    from mlflow_lite_plugin.controls.metrics import MetricResult
+    from mlflow_lite_plugin.core.results import MetricResult, ValidationResult
     from mlflow_lite_plugin.tracing.tracer import TraceRef
-    from mlflow_lite_plugin.controls.validation.rules import ValidationResult
 
 
 @dataclass

@@ -50,7 +50,6 @@ from mlflow_lite_plugin.feedback.human import (
     human_correction,
     human_ratings,
     is_error,
-    last_user_text,
     meets,
     overall_rating,
     root_answer,
@@ -58,7 +57,7 @@ from mlflow_lite_plugin.feedback.human import (
     root_span,
     stopped_early,
 )
-from mlflow_lite_plugin.core.request import content_text
+from mlflow_lite_plugin.core.messages import content_text, last_user_text
 
 if TYPE_CHECKING:
     import pandas as pd

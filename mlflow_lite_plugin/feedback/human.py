@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.pipeline import Stage
-from mlflow_lite_plugin.core.request import content_text
+from mlflow_lite_plugin.core.messages import content_text, last_user_text
 from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.tracing.schema import CORRECTION, EXAMPLES_PREFIX, HUMAN, RATING, ROOT_SPANS
 
@@ -80,10 +80,6 @@ def root_answer(root: Span) -> str | None:
     return text if text.strip() else None
 
 
-def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    return next((content_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
-
-
 def is_error(trace: Trace) -> bool:
     return getattr(trace.info.state, "value", trace.info.state) == "ERROR"
 
@@ -103,9 +99,17 @@ def _human(assessment: Assessment, name: str) -> bool:
 
 
 def human_ratings(info: TraceInfo) -> list[float | int | bool]:
-    """Every valid HUMAN rating of a trace."""
+    """Every valid HUMAN rating of a trace: thumbs (bools) and finite numbers. A NaN or infinite
+    value (logged by another tool: ``record_feedback`` refuses them) is no rating: it would make
+    any mean it joins NaN or infinite, and an infinite one passes every ``min_rating``."""
     found = [a.feedback.value for a in info.assessments or [] if a.feedback is not None and _human(a, RATING)]
-    return [v for v in found if isinstance(v, (bool, int, float))]
+    return [v for v in found if isinstance(v, bool) or (isinstance(v, numbers.Real) and math.isfinite(v))]
+
+
+def numeric_ratings(info: TraceInfo) -> list[float]:
+    """The HUMAN ratings of a trace a mean is taken of (A/B tests, evaluation): the numbers, since
+    thumbs are on no scale (counted as 1/0 they would pull a 1-5 mean down)."""
+    return [float(r) for r in human_ratings(info) if not isinstance(r, bool)]
 
 
 def human_correction(info: TraceInfo) -> str | None:

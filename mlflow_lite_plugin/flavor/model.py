@@ -68,14 +68,16 @@ from mlflow.utils.model_utils import _get_flavor_configuration, _validate_and_pr
 from mlflow.utils.requirements_utils import _get_pinned_requirement
 
 from mlflow_lite_plugin.security import credentials
-from mlflow_lite_plugin.core import deadline
+from mlflow_lite_plugin.core import deadline, errors
 from mlflow_lite_plugin.core.batch import gather_bounded, run_sync
-from mlflow_lite_plugin.client import Client
+from mlflow_lite_plugin.client import Client, build_call_request
 from mlflow_lite_plugin.core.deadline import DeadlineExceededError
 from mlflow_lite_plugin.core.errors import MlflowLiteError
-from mlflow_lite_plugin.core.request import build_request
 from mlflow_lite_plugin.core.response import Response
+from mlflow_lite_plugin.controls.budget.stage import BudgetExceededError
+from mlflow_lite_plugin.controls.ratelimit import RateLimitExceededError
 from mlflow_lite_plugin.flavor.serving import ServingLimits, saved_settings
+from mlflow_lite_plugin.version import __version__
 
 FLAVOR_NAME = "mlflow_lite"
 CONFIG_FILE = "mlflow_lite.yaml"
@@ -184,8 +186,6 @@ def save_model(
         python_env=_PYTHON_ENV_FILE_NAME,
         streamable=True,
     )
-    from mlflow_lite_plugin import __version__
-
     mlflow_model.add_flavor(FLAVOR_NAME, config=CONFIG_FILE, mlflow_lite_version=__version__, llm=model)
     mlflow_model.save(str(path / MLMODEL_FILE_NAME))
     _write_environment(path, "semantic_cache_dir" in config or bool(semantic_cache), conda_env, pip_requirements, extra_pip_requirements)
@@ -524,7 +524,7 @@ def _client(config: Mapping[str, Any], root: Path | None) -> Client:
     try:
         client = Client(config["model"], aliases=config.get("aliases"), **defaults)
         # Checks parameters, fallbacks and validation rules as a call would, at load time.
-        build_request(model="check", prompt="check", messages=None, system=None, kwargs={}, defaults=defaults)
+        build_call_request(model="check", prompt="check", messages=None, system=None, kwargs={}, defaults=defaults)
         if config.get("cache") is not None:
             cache = dict(config["cache"])
             if cache.get("backend") == "redis" and not cache.get("url"):
@@ -614,10 +614,6 @@ def _known(config: Mapping[str, Any]) -> list[str]:
 def served_error(error: BaseException) -> MlflowException:
     """Our error as an MlflowException whose code MLflow's scoring server turns into the right
     HTTP status: a provider outage is a 503, a rate limit or spent budget a 429, not a 400."""
-    from mlflow_lite_plugin.core import errors
-    from mlflow_lite_plugin.controls.budget.stage import BudgetExceededError
-    from mlflow_lite_plugin.controls.ratelimit import RateLimitExceededError
-
     codes = [
         (errors.ArgumentError, "INVALID_PARAMETER_VALUE"),  # 400
         ((errors.ProviderTimeoutError, DeadlineExceededError), "DEADLINE_EXCEEDED"),  # 504

@@ -23,15 +23,17 @@ import string
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
+from mlflow_lite_plugin.client import get_default_client
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.controls.metrics import Metric, MetricResult
 from mlflow_lite_plugin.core.response import Response, usage_dict
+from mlflow_lite_plugin.feedback.human import numeric_ratings
 
 _logger = logging.getLogger(__name__)
 
@@ -244,8 +246,6 @@ def _count(value: Any) -> int | None:
 
 def select_metrics(names: Any) -> list[Metric]:
     """The ``ml.add_metric`` metrics of the default client: all of them, or those named."""
-    from mlflow_lite_plugin import get_default_client
-
     registry = get_default_client().metrics
     if names is None:
         names = registry.names()
@@ -392,7 +392,7 @@ def feedback_metrics(trace_ids: Sequence[str]) -> dict[str, float]:
         trace = _read_trace(trace_id)
         if trace is None:  # a partial count would understate it
             return {}
-        ratings += human_ratings(trace.info.assessments)
+        ratings += numeric_ratings(trace.info)
     values = {"feedback/rating_count": float(len(ratings))}
     if ratings:
         values["feedback/rating_mean"] = statistics.fmean(ratings)
@@ -411,22 +411,6 @@ def _read_trace(trace_id: str) -> Any:
     if trace is None:
         _logger.warning("mlflow_lite evaluator: trace %s unreadable (%s); feedback not summarised", trace_id, reason)
     return trace
-
-
-def human_ratings(assessments: Iterable[Any]) -> list[float]:
-    from mlflow.entities import AssessmentSourceType, Feedback
-
-    return [
-        float(a.value)
-        for a in assessments
-        if isinstance(a, Feedback)
-        and a.name == "rating"
-        and a.valid is not False  # an overridden rating no longer counts
-        and a.source.source_type == AssessmentSourceType.HUMAN
-        and isinstance(a.value, (int, float))
-        and not isinstance(a.value, bool)
-        and math.isfinite(a.value)
-    ]
 
 
 # -- logging --

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
+from mlflow_lite_plugin.version import __version__
+
 from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
@@ -32,8 +34,6 @@ class LiteRunContextProvider(RunContextProvider):
         return True
 
     def tags(self) -> dict[str, str]:
-        from mlflow_lite_plugin import __version__
-
         tags = {schema.RUN_VERSION: __version__}
         try:
             tags.update(client_tags())

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.core.request import PIPELINE_KEYWORDS, known_keywords
 from mlflow_lite_plugin.tracing import schema
 
 # MLflow's PROMPT_TEMPLATE_VARIABLE_PATTERN, copied so that importing this module does not import
@@ -111,8 +112,6 @@ def _substitute(text: str, values: Mapping[str, str]) -> str:
 @functools.cache
 def _query_keywords() -> frozenset[str]:
     """Every keyword ``query`` takes besides prompt/messages (imports LiteLLM the first time)."""
-    from mlflow_lite_plugin.core.request import PIPELINE_KEYWORDS, known_keywords
-
     return known_keywords() | PIPELINE_KEYWORDS | {"model", "system", "validate", "on_fail", "max_attempts"}
 
 

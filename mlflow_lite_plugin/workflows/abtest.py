@@ -94,7 +94,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from mlflow_lite_plugin.workflows import ab_stats as stats
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, ProviderError, ValidationError
+from mlflow_lite_plugin.client import Client, build_call_request, get_default_client
+from mlflow_lite_plugin.core.jsonsafe import json_safe
+from mlflow_lite_plugin.core.providers import is_secret
+from mlflow_lite_plugin.core.request import PIPELINE_KEYWORDS, known_keywords
 from mlflow_lite_plugin.core.response import Response
+from mlflow_lite_plugin.feedback.human import numeric_ratings
 from mlflow_lite_plugin.storage.memory import MemoryStorage
 from mlflow_lite_plugin.storage.sqlite import SQLiteStorage
 from mlflow_lite_plugin.tracing import schema
@@ -258,7 +263,7 @@ class ABReport:
     sequential: bool = False  # always-valid p-values: safe to read after every answer
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
     def __str__(self) -> str:
         headline = f"A/B test {self.test!r}: " + (f"winner {self.winner}" if self.winner else self.status)
@@ -573,8 +578,6 @@ class ABTest:
 
     @property
     def client(self) -> Client:
-        from mlflow_lite_plugin.client import get_default_client
-
         return self._client or get_default_client()
 
     # -- traffic --
@@ -710,8 +713,6 @@ class ABTest:
     def _route(self, variant: _Variant, kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split a call's keywords into this variant's variables and query keywords; another
         variant's variables are dropped."""
-        from mlflow_lite_plugin.core.request import PIPELINE_KEYWORDS, known_keywords
-
         query_names = known_keywords() | PIPELINE_KEYWORDS
         variables: dict[str, Any] = {}
         call_kwargs: dict[str, Any] = {}
@@ -863,10 +864,8 @@ def _placeholders(prompt: str | None, variant: str | None = None) -> tuple[str, 
 
 def _check_params(variant: _Variant) -> None:
     """The variant's query keywords, checked as a call would check them."""
-    from mlflow_lite_plugin.core.request import build_request
-
     try:
-        build_request(model="check", prompt="check", messages=None, system=None, kwargs=variant.params)
+        build_call_request(model="check", prompt="check", messages=None, system=None, kwargs=variant.params)
     except ArgumentError as exc:
         raise ArgumentError("variants", f"variant {variant.name!r}: {exc}") from None
 
@@ -910,8 +909,6 @@ def _goals(goals: Any) -> dict[str, str]:
 
 def _canonical(value: Any) -> str:
     """Stable JSON of a config without secrets: callables by name, so processes agree on it."""
-    from mlflow_lite_plugin.core.providers import is_secret
-
     def clean(item: Any) -> Any:
         if isinstance(item, Mapping):
             return {str(k): clean(v) for k, v in item.items() if not is_secret(str(k))}
@@ -972,7 +969,7 @@ def _model_id(version: Any) -> str | None:
 
 
 def _trace_ratings(trace_ids: Iterable[str]) -> dict[str, list[float]]:
-    """HUMAN feedback named "rating" on these MLflow traces (numbers; booleans count as 1/0)."""
+    """HUMAN feedback named "rating" on these MLflow traces (the numbers, see ``numeric_ratings``)."""
     import mlflow
 
     def read(trace_id: str) -> tuple[str, list[float]]:
@@ -981,12 +978,7 @@ def _trace_ratings(trace_ids: Iterable[str]) -> dict[str, list[float]]:
         except Exception as exc:  # an unreachable store must not break the report
             _logger.warning("Could not read the feedback of trace %s: %s", trace_id, exc)
             return trace_id, []
-        assessments = trace.info.assessments if trace is not None else []
-        return trace_id, [
-            float(a.value) for a in assessments
-            if a.name == "rating" and a.source.source_type == "HUMAN" and a.valid is not False
-            and isinstance(a.value, (int, float)) and math.isfinite(a.value)
-        ]
+        return trace_id, numeric_ratings(trace.info) if trace is not None else []
 
     ids = sorted(trace_ids)
     if not ids:
@@ -1028,16 +1020,6 @@ def _report_metrics(report: ABReport) -> dict[str, float]:
 def _key(name: str) -> str:
     """An MLflow param/metric key: letters, digits and ``_-. :`` only."""
     return re.sub(r"[^\w\-. :]", "_", name)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 _recorder_pool: ThreadPoolExecutor | None = None

@@ -55,6 +55,7 @@ from mlflow_lite_plugin.security import credentials
 from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.tracing import tracer as tracing
 from mlflow_lite_plugin.tracing.store import safely
+from mlflow_lite_plugin.client import build_call_request, get_default_client
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
 from mlflow_lite_plugin.prompts.templates import BUILTIN_TEMPLATES, Template
 
@@ -340,8 +341,6 @@ class Chain:
 
 
 def _default_client() -> Any:
-    from mlflow_lite_plugin.client import get_default_client
-
     return get_default_client()
 
 
@@ -386,12 +385,10 @@ def _check_prompt_step(step: Step, available: set[str]) -> None:
 
 def _check_query_kwargs(client: Any, step: Step, kwargs: Mapping[str, Any]) -> None:
     """The step's query keywords, checked as its call will check them (no network)."""
-    from mlflow_lite_plugin.core.request import build_request
-
     rest = dict(kwargs)
     system = rest.pop("system", None)
     try:
-        build_request(
+        build_call_request(
             model=_step_model(client, step), prompt="check", messages=None, system=system, kwargs=rest,
             defaults=getattr(client, "defaults", None),
         )

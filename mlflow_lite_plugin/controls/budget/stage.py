@@ -64,10 +64,12 @@ from mlflow_lite_plugin.controls.budget.errors import BudgetExceededError, Budge
 from mlflow_lite_plugin.controls.budget.ledger import Ledger, RedisLedger, Reservation, SQLiteLedger, make_ledger
 from mlflow_lite_plugin.core.errors import ArgumentError, check_number
 from mlflow_lite_plugin.core.pipeline import Call, Stage
+from mlflow_lite_plugin.controls.budget.alerts import Alert, fire_crossed
+from mlflow_lite_plugin.core.model_names import litellm_module
+from mlflow_lite_plugin.core.pricing import usd
 from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
-    from mlflow_lite_plugin.controls.budget.alerts import Alert
     from mlflow_lite_plugin.core.model_names import ModelRef
     from mlflow_lite_plugin.core.pipeline import Pipeline
     from mlflow_lite_plugin.core.response import Response
@@ -164,13 +166,6 @@ def current_period(name: str, now: datetime, zone: ZoneInfo) -> Period:
     start_at = start.replace(tzinfo=zone).astimezone(dt_timezone.utc).astimezone(zone)
     end_at = end.replace(tzinfo=zone).astimezone(dt_timezone.utc).astimezone(zone)
     return Period(name, f"{name}:{label}@{zone.key}", start_at, end_at)
-
-
-def usd(amount: float) -> str:
-    """$10.00, $9.9951, $0.000012: at least cents, up to 6 decimals, no trailing zeros past cents."""
-    text = f"{amount:,.6f}".rstrip("0")
-    whole, _, decimals = text.partition(".")
-    return f"${whole}.{decimals.ljust(2, '0')}"
 
 
 # -- the pipeline stage --
@@ -284,8 +279,6 @@ _output_limits: dict[str, int] = {}
 def _model_output_limit(name: str) -> int:
     """``max_output_tokens`` of a model in LiteLLM's (local) price map."""
     if name not in _output_limits:
-        from mlflow_lite_plugin.core.model_names import litellm_module
-
         limit = None
         try:
             info = litellm_module().get_model_info(model=name)
@@ -336,8 +329,6 @@ class BudgetStage(Stage):
 
     def add_alert(self, alert: Alert) -> None:
         """Add an alert (replacing one with the same threshold)."""
-        from mlflow_lite_plugin.controls.budget.alerts import Alert
-
         if not isinstance(alert, Alert):
             raise ArgumentError("alert", f"must be an Alert, got {type(alert).__name__}")
         others = [a for a in self.alerts if a.threshold != alert.threshold]
@@ -541,8 +532,6 @@ class BudgetStage(Stage):
     def _fire(self, call: Call, scope: str, period: Period, limit: float, spent: float, refused: bool = False) -> None:
         if not self.alerts:
             return
-        from mlflow_lite_plugin.controls.budget.alerts import fire_crossed
-
         try:
             fire_crossed(
                 self.alerts,
@@ -629,8 +618,6 @@ def budget_stage(pipeline: Pipeline) -> BudgetStage:
 
 def set_alert(pipeline: Pipeline, threshold: float = 0.8, **options: Any) -> Alert:
     """Add an alert (replacing one at the same threshold) to the pipeline's budget."""
-    from mlflow_lite_plugin.controls.budget.alerts import Alert
-
     alert = Alert(threshold, **options)
     budget_stage(pipeline).add_alert(alert)
     return alert

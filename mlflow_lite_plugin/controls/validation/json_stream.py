@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from mlflow_lite_plugin.controls.validation.rules import StreamViolation
+from mlflow_lite_plugin.core.results import StreamViolation
 
 _JSON_WS_RUN = re.compile(r"[ \t\n\r]*")
 _ANY_WS_RUN = re.compile(r"\s*")  # around the document, where the validator strips (str.strip)

@@ -46,13 +46,15 @@ import difflib
 import functools
 import itertools
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
+from mlflow_lite_plugin.controls.validation.json_stream import JsonStreamChecker, json_path
+from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.core.jsonsafe import json_safe
+from mlflow_lite_plugin.core.results import StreamViolation, ValidationResult  # re-exported: defined with the response
 
 RULES = (
     "max_length", "min_length", "length_unit", "required_words", "forbidden_words",
@@ -84,38 +86,6 @@ _MARKDOWN = re.compile(
     re.M | re.X,
 )
 _FENCE_LINE = re.compile(r"^[ ]{0,3}```", re.M)
-
-
-class StreamViolation(MlflowLiteError):
-    """A violation already certain while streaming."""
-
-    def __init__(self, rule: str, message: str, read: int, path: str | None = None):
-        super().__init__(f"{rule}: {message} (after {read} characters)")
-        self.rule = rule
-        self.message = message
-        self.read = read  # characters of the answer received so far, the violating chunk included
-        self.path = path  # JSON path of the violation, when it comes from JSON
-
-
-@dataclass
-class ValidationResult:
-    passed: bool
-    errors: list[str]  # human readable, each prefixed with its rule
-    failed_rules: list[str]  # the rule behind each error, parallel to errors
-    value: Any = None  # the parsed document (format json/yaml, or schema)
-    attempts: int = 1  # set by the pipeline when it re-asks the model
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "errors": list(self.errors),
-            "failed_rules": list(self.failed_rules),
-            "value": _json_safe(self.value),
-            "attempts": self.attempts,
-        }
 
 
 @dataclass
@@ -233,7 +203,7 @@ class Validator:
             "required_words": list(self._required),
             "forbidden_words": list(self._forbidden),
             "format": self._format,
-            "schema": _json_safe(self._schema),
+            "schema": json_safe(self._schema),
             "regex": [source for source, _ in self._regexes],
             "choices": list(self._choices),
         }
@@ -247,7 +217,7 @@ class Validator:
                 "with no text or commentary before or after it."
             )
             if self._schema is not None:
-                instruction += "\nIt must conform to this JSON Schema:\n" + json.dumps(_json_safe(self._schema))
+                instruction += "\nIt must conform to this JSON Schema:\n" + json.dumps(json_safe(self._schema))
             return instruction
         if self._choices:
             return "Reply with exactly one of: " + ", ".join(self._choices) + " - and nothing else."
@@ -301,8 +271,6 @@ class Validator:
         if answer.parse_error is not None:
             # with a format rule the parse error is already reported once, under "format"
             return [] if self._format is not None else [answer.parse_error]
-        from mlflow_lite_plugin.controls.validation.json_stream import json_path
-
         try:
             found = list(itertools.islice(self._schema_validator.iter_errors(answer.value), _MAX_SCHEMA_ERRORS + 1))
         except Exception as exc:  # e.g. an unresolvable remote $ref: report it, do not crash the call
@@ -370,8 +338,6 @@ class IncrementalValidator:
         self._tail_trimmed = False
         self._json = None
         if expects_json:
-            from mlflow_lite_plugin.controls.validation.json_stream import JsonStreamChecker
-
             self._json = JsonStreamChecker(dict(json_schema) if json_schema is not None else None)
 
     def feed(self, chunk: str) -> None:
@@ -542,8 +508,6 @@ def _schema_validator(schema: Any, fmt: str | None) -> Any:
         raise _bad(f"schema needs a JSON (or YAML) answer, but format is {fmt!r}")
     from jsonschema import exceptions, validators
 
-    from mlflow_lite_plugin.controls.validation.json_stream import json_path
-
     cls = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         cls.check_schema(schema)
@@ -712,15 +676,3 @@ def _pattern_source(pattern: re.Pattern[str]) -> str:
     if not flags or pattern.pattern.startswith("(?"):
         return pattern.pattern
     return f"(?{flags}){pattern.pattern}"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)

@@ -18,12 +18,20 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mlflow_lite_plugin.core.errors import ValidationError
 from mlflow_lite_plugin.core.pipeline import Call, Stage, StopStream
+from mlflow_lite_plugin.core.results import StreamViolation, ValidationResult
 from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
+    from mlflow_lite_plugin.controls.validation.rules import Validator
     from mlflow_lite_plugin.core.model_names import ModelRef
-    from mlflow_lite_plugin.controls.validation.rules import StreamViolation, ValidationResult
     from mlflow_lite_plugin.core.response import Response
+
+
+def parse_rules(spec: Any, on_fail: Any, max_attempts: Any) -> Validator:
+    """The ``validate=`` rules of a call (``build_request(rules=parse_rules)``); raises ArgumentError."""
+    from mlflow_lite_plugin.controls.validation.rules import Validator  # ~0.1 s: only calls with rules pay for it
+
+    return Validator(spec, on_fail=on_fail, max_attempts=max_attempts)
 
 
 def check_answer(call: Call, text: str, model: ModelRef | None = None) -> ValidationResult:
@@ -67,8 +75,6 @@ class ValidationStage(Stage):
         checker = call.state.get("validation_stream")
         if checker is None:
             checker = call.state["validation_stream"] = validator.incremental(_token_counter(call))
-        from mlflow_lite_plugin.controls.validation.rules import StreamViolation
-
         try:
             checker.feed(chunk)
         except StreamViolation as violation:
@@ -87,8 +93,6 @@ class ValidationStage(Stage):
             return
         stop: StreamViolation | None = call.state.get("validation_stop")
         if stop is not None:
-            from mlflow_lite_plugin.controls.validation.rules import ValidationResult
-
             response.validation = ValidationResult(False, [str(stop)], [stop.rule])
         elif response.finish_reason == "cancelled":
             return  # the caller stopped reading: there is no whole answer to judge
