@@ -87,14 +87,14 @@ import re
 import string
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import Any
 
-from mlflow_lite_plugin.workflows import ab_stats as stats
-from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, ProviderError, ValidationError
 from mlflow_lite_plugin.client import Client, build_call_request, get_default_client
+from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, ProviderError, ValidationError
 from mlflow_lite_plugin.core.jsonsafe import json_safe
 from mlflow_lite_plugin.core.providers import is_secret
 from mlflow_lite_plugin.core.request import PIPELINE_KEYWORDS, known_keywords
@@ -103,9 +103,7 @@ from mlflow_lite_plugin.feedback.human import numeric_ratings
 from mlflow_lite_plugin.storage.memory import MemoryStorage
 from mlflow_lite_plugin.storage.sqlite import SQLiteStorage
 from mlflow_lite_plugin.tracing import schema
-
-if TYPE_CHECKING:
-    from mlflow_lite_plugin.client import Client
+from mlflow_lite_plugin.workflows import ab_stats as stats
 
 _logger = logging.getLogger(__name__)
 
