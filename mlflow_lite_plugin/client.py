@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.tracing import tracer as tracing_module
-from mlflow_lite_plugin.cache.backends import make_backend
-from mlflow_lite_plugin.cache.stage import ExactCacheStage, SemanticCacheStage
+from mlflow_lite_plugin.cache.stage import CacheSettings, CacheStage, SemanticCacheSettings, SemanticCacheStage
 from mlflow_lite_plugin.cache.stats import CacheStats
 from mlflow_lite_plugin.core.batch import BatchItem, check_concurrency, gather_bounded, item_kwargs, run_sync
-from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, check_number
+from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
 from mlflow_lite_plugin.controls.metrics import Metrics, MetricsStage
 from mlflow_lite_plugin.core.model_names import ModelResolver
-from mlflow_lite_plugin.core.pipeline import Call, Pipeline, Stage, chat_inputs
+from mlflow_lite_plugin.core.pipeline import Call, Pipeline, Settings, Stage, chat_inputs
 from mlflow_lite_plugin.controls.budget import stage as budget_module
+from mlflow_lite_plugin.controls.budget.settings import DEFAULT_MAX_WAIT, BudgetSettings
 from mlflow_lite_plugin.core.pricing import Pricing
-from mlflow_lite_plugin.controls.ratelimit import LocalSchedule, RateLimit, RateLimitStage, RedisSchedule
+from mlflow_lite_plugin.controls.ratelimit import RateLimitSettings
 from mlflow_lite_plugin.core.providers import Provider
 from mlflow_lite_plugin.core.request import build_request
 from mlflow_lite_plugin.core.response import Response, Stream, usage_dict
@@ -302,14 +302,11 @@ class Client:
         ``ttl`` is in seconds (None: no expiry). Calls with a temperature above
         ``max_temperature`` bypass the cache (None: every temperature is cached, keyed by it).
         """
-        if not enabled:
-            self.pipeline.remove(ExactCacheStage.name)
-            return
-        _check_cache_rules(ttl, max_entries, max_temperature)
-        store = make_backend(backend, url=url, path=path, max_entries=max_entries)
-        self.pipeline.add(
-            ExactCacheStage(store, ttl=ttl, max_temperature=max_temperature, stats=self._cache_stats)
+        settings = CacheSettings(
+            enabled=enabled, ttl=ttl, backend=backend, url=url, path=path, max_entries=max_entries,
+            max_temperature=max_temperature,
         )
+        self.install(settings)
 
     def set_semantic_cache(
         self,
@@ -333,29 +330,13 @@ class Client:
         cosine alone (not recommended: near-misses such as negations score high). Pass a loaded
         ``cache=`` (e.g. ``SemanticCache.load(path)``) to start warm. ``max_query_chars``: longer
         questions are neither looked up nor stored (default 2,000; the model reads 256 word pieces).
+        With ``cache=``, that cache's own settings (threshold, ttl, ...) apply.
         """
-        if not enabled:
-            self.pipeline.remove(SemanticCacheStage.name)
-            return
-        _check_cache_rules(ttl, max_entries, max_temperature)
-        if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
-            raise ArgumentError("threshold", f"must be a cosine similarity in (0, 1], got {threshold!r}")
-        if max_query_chars is not None and (
-            not isinstance(max_query_chars, int) or isinstance(max_query_chars, bool) or max_query_chars < 1
-        ):
-            raise ArgumentError("max_query_chars", f"must be a positive number of characters, got {max_query_chars!r}")
-        if cache is None:
-            from mlflow_lite_plugin.cache.semantic import SemanticCache
-
-            options: dict[str, Any] = {"model": model, "ttl": ttl, "max_entries": max_entries, "verify": verify}
-            if threshold is not None:
-                options["threshold"] = threshold
-            if max_query_chars is not None:
-                options["max_query_chars"] = max_query_chars
-            cache = SemanticCache(**options)
-        self.pipeline.add(
-            SemanticCacheStage(cache, ttl=ttl, max_temperature=max_temperature, stats=self._cache_stats)
+        settings = SemanticCacheSettings(
+            enabled=enabled, threshold=threshold, model=model, ttl=ttl, max_entries=max_entries,
+            max_temperature=max_temperature, verify=verify, max_query_chars=max_query_chars,
         )
+        self.install(settings, cache=cache)
 
     def semantic_cache(self) -> SemanticCache | None:
         """The live semantic cache of this client (to save, inspect or ship with a model)."""
@@ -376,7 +357,7 @@ class Client:
         with known answers to frequent questions); the arguments are those of ``query``."""
         if not isinstance(answer, str) or not answer:
             raise ArgumentError("answer", f"must be a non-empty string, got {answer!r}")
-        caches = [s for s in self.pipeline.stages if isinstance(s, (ExactCacheStage, SemanticCacheStage))]
+        caches = [s for s in self.pipeline.stages if isinstance(s, CacheStage)]
         if not caches:
             raise ArgumentError("answer", "no cache is enabled: call set_cache() or set_semantic_cache() first")
         call = self._call("cache", prompt, model, messages, system, kwargs, traced=False)
@@ -395,10 +376,8 @@ class Client:
     def clear_cache(self) -> None:
         """Delete every cached answer (exact and semantic) and reset the statistics."""
         for stage in self.pipeline.stages:
-            if isinstance(stage, ExactCacheStage):
-                stage.backend.clear()
-            elif isinstance(stage, SemanticCacheStage):
-                stage.cache.clear()
+            if isinstance(stage, CacheStage):
+                stage.clear()
         self._cache_stats.reset()
 
     # -- budgets and alerts --
@@ -415,7 +394,7 @@ class Client:
         url: str | None = None,
         on_unknown_price: str = "refuse",
         enabled: bool = True,
-        max_wait: float | None = budget_module.DEFAULT_MAX_WAIT,
+        max_wait: float | None = DEFAULT_MAX_WAIT,
     ) -> None:
         """Cap spend per day and/or month (USD). The ledger is a SQLite file shared by this host's
         processes (``path``, default ``~/.mlflow-lite/budget.db``) or Redis (``url``) for several
@@ -425,19 +404,12 @@ class Client:
         A call that fits once the calls in flight settle waits for them up to ``max_wait``
         seconds (30 by default; 0 refuses at once, None waits as long as they take); a call the
         spent amount alone leaves no room for is refused at once."""
-        budget_module.set_budget(
-            self.pipeline,
-            daily_limit,
-            monthly_limit=monthly_limit,
-            timezone=timezone,
-            scope=scope,
-            backend=backend,
-            path=path,
-            url=url,
-            on_unknown_price=on_unknown_price,
+        settings = BudgetSettings(
+            daily_limit=daily_limit, monthly_limit=monthly_limit, timezone=timezone, scope=scope,
+            on_unknown_price=on_unknown_price, max_wait=max_wait, backend=backend, path=path, url=url,
             enabled=enabled,
-            max_wait=max_wait,
         )
+        self.install(settings)
 
     def set_alert(
         self,
@@ -479,28 +451,11 @@ class Client:
         ``max_tokens``. ``backend="redis", url=...`` shares the limit with every process and
         host using that Redis. With neither limit given, the limit for ``model`` is removed.
         """
-        check_number("requests_per_minute", requests_per_minute)
-        check_number("tokens_per_minute", tokens_per_minute)
-        check_number("max_wait", max_wait, unit="seconds")
-        if backend not in ("memory", "redis"):
-            raise ArgumentError("backend", f"must be 'memory' or 'redis', got {backend!r}")
-        if backend == "redis" and not url:
-            raise ArgumentError("url", "backend='redis' needs url='redis://host:port/db'")
-        stage = self.pipeline.get(RateLimitStage.name)
-        if not isinstance(stage, RateLimitStage):
-            stage = RateLimitStage()
-            self.pipeline.add(stage)
-        if backend == "redis":
-            stage.schedule = RedisSchedule(url)  # type: ignore[arg-type]
-        elif isinstance(stage.schedule, RedisSchedule):
-            stage.schedule = LocalSchedule()
-        stage.max_wait = max_wait
-        if requests_per_minute is None and tokens_per_minute is None:
-            stage.limits = [x for x in stage.limits if x.model != model]
-        else:
-            stage.add(RateLimit(requests_per_minute, tokens_per_minute, model=model))
-        if not stage.limits:
-            self.pipeline.remove(RateLimitStage.name)
+        settings = RateLimitSettings(
+            requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute, model=model,
+            max_wait=max_wait, backend=backend, url=url,
+        )
+        self.install(settings)
 
     def set_fallbacks(self, fallbacks: Sequence[str] | None, *, num_retries: int | None = None) -> None:
         """Default fallback chain (and retries) of every call; a call's own ``fallbacks=`` wins."""
@@ -544,8 +499,15 @@ class Client:
     # -- pipeline --
 
     def add_stage(self, stage: Stage) -> None:
-        """Plug a stage into the pipeline at its ``order``."""
+        """Plug a stage into the pipeline at its ``order``; its ``describe()``/``status()`` show in
+        run tags and the UI like the built-in controls'."""
         self.pipeline.add(stage)
+
+    def install(self, settings: Settings, **context: Any) -> Stage | None:
+        """Turn a control on, replace it or (``enabled=False``) remove it from its settings
+        (``CacheSettings``, ``SemanticCacheSettings`` with ``cache=`` a loaded cache,
+        ``BudgetSettings``, ``RateLimitSettings``): what ``set_cache`` & co. do."""
+        return self.pipeline.install(settings, stats=self._cache_stats, **context)
 
     # -- internals --
 
@@ -617,6 +579,12 @@ def get_default_client() -> Client:
     return _default
 
 
+def existing_default_client() -> Client | None:
+    """The Client behind the one-liners if one was created (never creates one: for readers such as
+    the run-context plugin, which must not configure anything)."""
+    return _default
+
+
 def set_default_client(client: Client) -> None:
     """Make ``client`` the one behind the one-liners."""
     global _default
@@ -639,12 +607,6 @@ def merge_rules(default: Any, given: Any) -> Any:
 
 def _as_list(spec: Any) -> list[Any]:
     return list(spec) if isinstance(spec, list) else [spec]
-
-
-def _check_cache_rules(ttl: Any, max_entries: Any, max_temperature: Any) -> None:
-    check_number("ttl", ttl, unit="seconds")
-    check_number("max_entries", max_entries)
-    check_number("max_temperature", max_temperature, allow_zero=True)
 
 
 def _one_liner(method: F) -> F:

@@ -1,17 +1,25 @@
-"""The cache stages of the pipeline: lookups before the provider, stores after validation."""
+"""The cache stages of the pipeline: lookups before the provider, stores after validation.
+
+Each cache is a control: :class:`CacheSettings` (``set_cache``'s keywords) builds the
+:class:`ExactCacheStage`, :class:`SemanticCacheSettings` (``set_semantic_cache``'s) the
+:class:`SemanticCacheStage`. The semantic cache's own settings (threshold, ttl, model...) live in
+its :class:`~mlflow_lite_plugin.cache.semantic.SemanticCache` only; the stage adds the call rules.
+"""
 
 from __future__ import annotations
 
 import logging
 import numbers
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlflow_lite_plugin.core.pipeline import Call, Stage
+from mlflow_lite_plugin.core.errors import ArgumentError, check_number
+from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Settings, Stage
 from mlflow_lite_plugin.core.attachments import has_images
 from mlflow_lite_plugin.core.response import Response, usage_dict
 from mlflow_lite_plugin.controls.validation.stage import check_answer
-from mlflow_lite_plugin.cache.backends import BackendSkipped, CacheBackend, RedisBackend
+from mlflow_lite_plugin.cache.backends import BackendSkipped, CacheBackend, RedisBackend, make_backend
 from mlflow_lite_plugin.cache.keys import exact_key, scope_key
 from mlflow_lite_plugin.cache.singleflight import Lease, SingleFlight
 from mlflow_lite_plugin.cache.stats import CacheStats
@@ -21,6 +29,74 @@ if TYPE_CHECKING:
     from mlflow_lite_plugin.cache.semantic import SemanticCache
 
 _logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheSettings(Settings):
+    """The exact cache (``set_cache``'s keywords): ``ttl`` seconds (None: no expiry), the
+    ``backend`` ("memory", "sqlite" at ``path``, "redis" at ``url``), LRU-bounded by
+    ``max_entries``; calls above ``max_temperature`` bypass it (None: every temperature)."""
+
+    stage = "exact_cache"
+    enabled: bool = True
+    ttl: float | None = None
+    backend: str = "memory"
+    url: str | None = None
+    path: str | None = None
+    max_entries: int = 10_000
+    max_temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_rules(self.ttl, self.max_entries, self.max_temperature)
+        if self.path is not None:  # a PathLike is kept as text: the settings are saved as YAML
+            object.__setattr__(self, "path", str(self.path))
+
+
+@dataclass(frozen=True)
+class SemanticCacheSettings(Settings):
+    """The semantic cache (``set_semantic_cache``'s keywords, but ``cache=``): ``threshold`` (None:
+    the tuned default), embedding ``model``, ``ttl``, ``max_entries``, ``verify`` and
+    ``max_query_chars`` (None: the default) make its :class:`SemanticCache`; ``max_temperature``
+    is the stage's rule, as for the exact cache."""
+
+    stage = "semantic_cache"
+    enabled: bool = True
+    threshold: float | None = None
+    model: str | None = None
+    ttl: float | None = None
+    max_entries: int = 10_000
+    max_temperature: float | None = None
+    verify: bool = True
+    max_query_chars: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_rules(self.ttl, self.max_entries, self.max_temperature)
+        threshold = self.threshold
+        if threshold is not None and not (
+            isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold <= 1
+        ):
+            raise ArgumentError("threshold", f"must be a cosine similarity in (0, 1], got {threshold!r}")
+        chars = self.max_query_chars
+        if chars is not None and (not isinstance(chars, int) or isinstance(chars, bool) or chars < 1):
+            raise ArgumentError("max_query_chars", f"must be a positive number of characters, got {chars!r}")
+        if self.model is not None and not isinstance(self.model, str):
+            raise ArgumentError("model", f"must be a sentence-transformers model name or path, got {self.model!r}")
+        if not isinstance(self.verify, bool):
+            raise ArgumentError("verify", f"must be True or False, got {self.verify!r}")
+
+    def cache_options(self) -> dict[str, Any]:
+        """The keywords of the :class:`SemanticCache` these settings make, or override in a saved
+        one (``SemanticCache.load``): those given, the cache's defaults being the same."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("enabled", "max_temperature")}
+
+
+def _check_rules(ttl: Any, max_entries: Any, max_temperature: Any) -> None:
+    """The rules both caches share."""
+    check_number("ttl", ttl, unit="seconds")
+    if not isinstance(max_entries, int) or isinstance(max_entries, bool):
+        raise ArgumentError("max_entries", f"must be a positive int, got {max_entries!r}")
+    check_number("max_entries", max_entries)
+    check_number("max_temperature", max_temperature, allow_zero=True)
 
 
 def to_entry(response: Response) -> dict[str, Any]:
@@ -66,11 +142,32 @@ class CacheStage(Stage):
     """Shared rules of the exact and semantic caches: which calls may use a cache, hit accounting."""
 
     kind = "cache"
+    group = "cache"  # both caches share the run tag ``mlflow_lite.cache``
 
-    def __init__(self, *, ttl: float | None, max_temperature: float | None, stats: CacheStats):
-        self.ttl = ttl
+    def __init__(self, *, max_temperature: float | None, stats: CacheStats):
         self.max_temperature = max_temperature
         self.stats = stats
+
+    def rules(self) -> dict[str, Any]:
+        """What ``describe()`` shows of this cache besides its kind (None values left out)."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        described = {"kind": self.kind, **self.rules(), "max_temperature": self.max_temperature}
+        return {k: v for k, v in described.items() if v is not None}
+
+    def summary(self) -> str:
+        """E.g. ``exact(memory, ttl=3600)``: backend URLs and paths are left out (a Redis URL can
+        carry a password)."""
+        described = self.describe()
+        kind = described.pop("kind")
+        parts = [str(described.pop("backend"))] if "backend" in described else []
+        parts += [f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in described.items()]
+        return f"{kind}({', '.join(parts)})"
+
+    def status(self) -> dict[str, Any]:
+        """Hits, misses, hit rate and cost saved by this cache in this process."""
+        return self.stats.snapshot()["by_kind"].get(self.kind, _NO_LOOKUPS)
 
     def applies(self, call: Call) -> bool:
         if not call.request.use_cache:
@@ -113,6 +210,10 @@ class CacheStage(Stage):
     def store(self, call: Call, response: Response) -> None:
         raise NotImplementedError
 
+    def clear(self) -> None:
+        """Delete every cached answer."""
+        raise NotImplementedError
+
     def remember(self, call: Call, response: Response) -> None:
         """Store ``response`` as the answer to ``call`` without a lookup (warming the cache)."""
         raise NotImplementedError
@@ -139,16 +240,33 @@ class ExactCacheStage(CacheStage):
 
     name = "exact_cache"
     kind = "exact"
-    order = 300
+    order = STAGE_ORDER[name]
+    settings_type = CacheSettings
 
-    def __init__(self, backend: CacheBackend, single_flight: SingleFlight | None = None, **rules: Any):
+    def __init__(
+        self,
+        backend: CacheBackend,
+        single_flight: SingleFlight | None = None,
+        *,
+        ttl: float | None = None,
+        **rules: Any,
+    ):
         super().__init__(**rules)
+        self.ttl = ttl
         self.backend = backend
         # Identical misses in flight at once make one provider call (singleflight.py); across
         # processes too when they share a Redis cache.
         if single_flight is None and isinstance(backend, RedisBackend):
             single_flight = SingleFlight(backend)
         self.flights = single_flight or SingleFlight()
+
+    @classmethod
+    def from_settings(cls, settings: CacheSettings, previous: Stage | None, **context: Any) -> ExactCacheStage:
+        store = make_backend(settings.backend, url=settings.url, path=settings.path, max_entries=settings.max_entries)
+        return cls(store, ttl=settings.ttl, max_temperature=settings.max_temperature, stats=context["stats"])
+
+    def rules(self) -> dict[str, Any]:
+        return {"backend": type(self.backend).__name__.removesuffix("Backend").lower(), "ttl": self.ttl}
 
     def before(self, call: Call) -> Response | None:
         key, response = self._lookup(call)
@@ -214,6 +332,9 @@ class ExactCacheStage(CacheStage):
     def remember(self, call: Call, response: Response) -> None:
         self.backend.set(exact_key(call), to_entry(response), self.ttl)
 
+    def clear(self) -> None:
+        self.backend.clear()
+
 
 class SemanticCacheStage(CacheStage):
     """Same scope (model, system prompt and earlier messages, output-changing parameters,
@@ -222,11 +343,27 @@ class SemanticCacheStage(CacheStage):
 
     name = "semantic_cache"
     kind = "semantic"
-    order = 400
+    order = STAGE_ORDER[name]
+    settings_type = SemanticCacheSettings
 
     def __init__(self, cache: SemanticCache, **rules: Any):
         super().__init__(**rules)
-        self.cache = cache
+        self.cache = cache  # the one owner of the threshold, ttl, model...: the stage keeps none
+
+    @classmethod
+    def from_settings(
+        cls, settings: SemanticCacheSettings, previous: Stage | None, **context: Any
+    ) -> SemanticCacheStage:
+        """``context["cache"]``: a loaded cache to use as it is (its own settings apply)."""
+        cache = context.get("cache")
+        if cache is None:
+            from mlflow_lite_plugin.cache.semantic import SemanticCache  # numpy, faiss: on first use
+
+            cache = SemanticCache(**settings.cache_options())
+        return cls(cache, max_temperature=settings.max_temperature, stats=context["stats"])
+
+    def rules(self) -> dict[str, Any]:
+        return {"threshold": self.cache.threshold, "ttl": self.cache.ttl}
 
     def before(self, call: Call) -> Response | None:
         query = call.request.prompt_text
@@ -256,10 +393,16 @@ class SemanticCacheStage(CacheStage):
         scope, query, key = call.state["semantic"]
         self.guarded("store", lambda: self.cache.store(scope, query, to_entry(response), key=key))
 
+    def clear(self) -> None:
+        self.cache.clear()
+
     def remember(self, call: Call, response: Response) -> None:
         if not self.cache.store(scope_key(call), call.request.prompt_text, to_entry(response)):
             limit = self.cache.max_query_chars
             _logger.info("not added to the semantic cache: the question is longer than %d characters", limit)
+
+
+_NO_LOOKUPS = {"hits": 0, "misses": 0, "hit_rate": 0.0, "cost_saved": 0.0}
 
 
 def _asks_about_images(call: Call) -> bool:

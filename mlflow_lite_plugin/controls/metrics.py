@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from mlflow_lite_plugin.core.errors import ArgumentError
-from mlflow_lite_plugin.core.pipeline import Call, Stage
-from mlflow_lite_plugin.core.results import MetricResult  # re-exported: the response carries it
+from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Stage
 from mlflow_lite_plugin.tracing import schema
+from mlflow_lite_plugin.core.results import MetricResult  # re-exported: the response carries it
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.core.response import Response
@@ -96,10 +96,18 @@ class MetricsStage(Stage):
     not an answer and is not scored."""
 
     name = "metrics"
-    order = 610
+    order = STAGE_ORDER[name]
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
+
+    def describe(self) -> dict[str, Any]:
+        names = self.metrics.names()
+        return {"metrics": names} if names else {}
+
+    def summary(self) -> str:
+        """E.g. ``words, polite``."""
+        return ", ".join(self.metrics.names())
 
     def after(self, call: Call, response: Response) -> None:
         if not len(self.metrics) or response.finish_reason == "cancelled":

@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from mlflow_lite_plugin.core import deadline
-from mlflow_lite_plugin.core.errors import MlflowLiteError
-from mlflow_lite_plugin.core.pipeline import Call, Stage
+from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, check_number
+from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Settings, Stage
 from mlflow_lite_plugin.core.response import Response
 from mlflow_lite_plugin.storage.memory import MemoryStorage
 from mlflow_lite_plugin.storage.redis import RedisStorage
@@ -37,6 +37,32 @@ class RateLimitExceededError(MlflowLiteError):
         super().__init__(f"rate limit {limit}: the next slot is {wait:.1f}s away, more than max_wait={max_wait:g}s")
         self.wait = wait
         self.max_wait = max_wait
+
+
+@dataclass(frozen=True)
+class RateLimitSettings(Settings):
+    """One ``set_rate_limit`` call: the limit of ``model`` (None: every model), and the
+    ``max_wait`` and schedule (``backend`` "memory", or "redis" at ``url``: shared by every
+    process using it) of all limits. With neither rate, the limit of ``model`` is removed."""
+
+    stage = "rate_limit"
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    model: str | None = None
+    max_wait: float | None = None
+    backend: str = "memory"
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        check_number("requests_per_minute", self.requests_per_minute)
+        check_number("tokens_per_minute", self.tokens_per_minute)
+        check_number("max_wait", self.max_wait, unit="seconds")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise ArgumentError("model", f"must be a model name or None (every model), got {self.model!r}")
+        if self.backend not in ("memory", "redis"):
+            raise ArgumentError("backend", f"must be 'memory' or 'redis', got {self.backend!r}")
+        if self.backend == "redis" and not self.url:
+            raise ArgumentError("url", "backend='redis' needs url='redis://host:port/db'")
 
 
 @dataclass
@@ -144,16 +170,68 @@ def _too_long(costs: Costs, wait: float, max_wait: float) -> RateLimitExceededEr
 
 class RateLimitStage(Stage):
     name = "rate_limit"
-    order = 450  # after the caches and the budget, right before the provider
+    order = STAGE_ORDER[name]
+    settings_type = RateLimitSettings
 
     def __init__(self, max_wait: float | None = None, schedule: LocalSchedule | RedisSchedule | None = None):
         self.limits: list[RateLimit] = []
         self.max_wait = max_wait
         self.schedule = schedule or LocalSchedule()
 
+    @classmethod
+    def from_settings(
+        cls, settings: RateLimitSettings, previous: Stage | None, **context: Any
+    ) -> RateLimitStage | None:
+        """The installed stage with this limit added (its other limits keep their schedule); None
+        once no limit is left."""
+        stage = previous if isinstance(previous, RateLimitStage) else cls()
+        stage.configure(settings)
+        return stage if stage.limits else None
+
+    def configure(self, settings: RateLimitSettings) -> None:
+        """Apply one ``set_rate_limit`` call (see :class:`RateLimitSettings`)."""
+        if settings.backend == "redis":
+            self.schedule = RedisSchedule(settings.url)  # type: ignore[arg-type]
+        elif isinstance(self.schedule, RedisSchedule):
+            self.schedule = LocalSchedule()
+        self.max_wait = settings.max_wait
+        if settings.requests_per_minute is None and settings.tokens_per_minute is None:
+            self.limits = [x for x in self.limits if x.model != settings.model]
+        else:
+            self.add(RateLimit(settings.requests_per_minute, settings.tokens_per_minute, model=settings.model))
+
     def add(self, limit: RateLimit) -> None:
         self.limits = [x for x in self.limits if x.model != limit.model] + [limit]
         self.schedule.forget(limit.paces)  # a new limit starts with a free schedule
+
+    def describe(self) -> dict[str, Any]:
+        limits = [
+            {k: v for k, v in (("model", x.model), ("requests_per_minute", x.requests_per_minute),
+                               ("tokens_per_minute", x.tokens_per_minute)) if v is not None}
+            for x in self.limits
+        ]
+        backend = "redis" if isinstance(self.schedule, RedisSchedule) else "memory"
+        return {"limits": limits, "max_wait": self.max_wait, "backend": backend} if limits else {}
+
+    def summary(self) -> str:
+        """E.g. ``60 rpm; gpt-4o: 30000 tpm`` (a limit without a model applies to all models)."""
+        described = []
+        for limit in self.limits:
+            rates = [
+                f"{rate:g} {unit}"
+                for rate, unit in ((limit.requests_per_minute, "rpm"), (limit.tokens_per_minute, "tpm"))
+                if rate
+            ]
+            described.append((f"{limit.model}: " if limit.model else "") + ", ".join(rates))
+        return "; ".join(described)
+
+    def status(self) -> dict[str, Any] | None:
+        """Seconds until each limit's next free slot in this process's schedule (None for a Redis
+        schedule: its state is in Redis)."""
+        if not isinstance(self.schedule, LocalSchedule):
+            return None
+        paces = [p for limit in self.limits for p in limit.paces]
+        return {"next_slot_in_s": {p.label: round(self.schedule.next_slot_in(p), 4) for p in paces}}
 
     def costs(self, call: Call) -> Costs:
         """Each pace that limits this call, with the units it takes of it."""

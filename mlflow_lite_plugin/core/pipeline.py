@@ -1,7 +1,9 @@
 """The ordered stages every call goes through.
 
-    exact cache (300) -> semantic cache (400) -> budget reserve (420) -> rate limit (450)
+    few-shot -> exact cache -> semantic cache -> budget reserve -> rate limit
       -> provider -> validation/metrics -> cache store -> budget settle -> trace
+
+(the order of every built-in stage, with its reason, is one table: :data:`STAGE_ORDER`).
 
 Token and cost estimates are computed lazily by the stages that need them (``Call.prompt_tokens``).
 The caches come first: a hit costs nothing and never reaches the provider, so it is neither
@@ -27,19 +29,30 @@ A stage is an object with ``order`` (where it sits) and any of these hooks:
 - ``reject(call, response)``: once the answer is complete and paid for, may return an error to
   raise instead of returning it (validation's ``on_fail="raise"``).
 
-New stages plug in with ``Pipeline.add(stage)`` without touching the others. The provider call
-itself (retries, fallbacks, one span per attempt) is the terminal, in ``providers.py``.
+A stage also describes itself: ``describe()`` (a small JSON-able dict of its settings: run tags,
+the UI, ``repr``), ``summary()`` (that dict on one line, for a run tag) and ``status()`` (its live
+state: budget spend, cache hits...; None when it has none). Every built-in control is one frozen
+:class:`Settings` dataclass (its only validator) that builds its stage: ``Pipeline.install(settings)``
+is how a client turns a control on, replaces it, or (``enabled=False``) removes it.
+
+New stages plug in with ``Pipeline.add(stage)`` without touching the others, and are described
+like the built-ins. The provider call itself (retries, fallbacks, one span per attempt) is the
+terminal, in ``providers.py``.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import difflib
 import functools
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Generator, Iterator, Mapping, Sequence, TypeVar
 
 from mlflow_lite_plugin.core.attachments import Image, redact
+from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.request import Request
 from mlflow_lite_plugin.core.response import Response, usage_dict
 from mlflow_lite_plugin.tracing import schema
@@ -50,12 +63,44 @@ if TYPE_CHECKING:
     from mlflow_lite_plugin.core.providers import Provider
     from mlflow_lite_plugin.tracing.tracer import NullSpan, Span
 
+_logger = logging.getLogger(__name__)
+
+# Where each built-in stage sits: ``before`` hooks run in this order, ``after`` hooks in reverse.
+STAGE_ORDER: dict[str, int] = {
+    "few_shot": 250,  # before the caches: they must key on the prompt the provider really sees
+    "exact_cache": 300,  # first lookup: a hit costs nothing, so it is never refused nor queued
+    "semantic_cache": 400,  # after the exact cache missed: an embedding costs more than a key
+    "budget": 420,  # after the caches (a hit is free even when the budget is spent), before rate limits
+    "rate_limit": 450,  # right before the provider: only calls that will be sent wait for a slot
+    "validation": 600,  # its ``after`` runs before the cache stores, so an invalid answer is never cached
+    "metrics": 610,  # scores the answer after validation has judged it (``response.validation`` is set)
+}
+DEFAULT_ORDER = 500  # a third-party stage that names no order: after the controls, before validation
+
 
 class Stage:
-    """Base class of a pipeline stage: override the hooks you need."""
+    """Base class of a pipeline stage: override the hooks you need, and ``describe()`` /
+    ``status()`` so run tags and the UI show it."""
 
     name = "stage"
-    order = 500
+    order = DEFAULT_ORDER
+    # The run tag ``mlflow_lite.<group>`` this stage's summary goes to; stages of one control share
+    # it (the exact and semantic caches: "cache"). None: the stage's name.
+    group: str | None = None
+    # The Settings class this stage is built from (``from_settings``), for ``Pipeline.install``.
+    settings_type: ClassVar[type[Settings] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("settings_type") is not None:
+            _BUILDERS[cls.settings_type] = cls  # type: ignore[index]
+
+    @classmethod
+    def from_settings(cls, settings: Any, previous: Stage | None, **context: Any) -> Stage | None:
+        """The stage ``settings`` describe (None: none is needed). ``previous`` is the stage of the
+        same name installed now, whose state (alerts, schedules) a rebuild may keep; ``context``
+        holds what the client shares between stages (the cache statistics)."""
+        raise NotImplementedError
 
     def before(self, call: Call) -> Response | None:
         return None
@@ -77,6 +122,75 @@ class Stage:
 
     def reject(self, call: Call, response: Response) -> BaseException | None:
         return None
+
+    # -- self-description --
+
+    def describe(self) -> dict[str, Any]:
+        """This stage's settings as a small JSON-able dict (run tags, the UI, ``repr``); empty:
+        nothing to show."""
+        return {}
+
+    def summary(self) -> str:
+        """``describe()`` on one line, for a run tag: ``key=value, ...``."""
+        return ", ".join(f"{key}={_short(value)}" for key, value in self.describe().items())
+
+    def status(self) -> dict[str, Any] | None:
+        """Live state (spend, hits, queue...) as a JSON-able dict; None when the stage has none."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.summary()})"
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+SettingsT = TypeVar("SettingsT", bound="Settings")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Base of a control's settings: a frozen dataclass whose ``__post_init__`` is the control's
+    only validator (raising :class:`ArgumentError`). ``to_dict()`` holds the fields that differ
+    from their defaults (what a flavor model saves); ``from_dict`` rebuilds the settings, naming a
+    misspelt key. The stage class naming it as its ``settings_type`` builds the stage; a field
+    ``enabled=False`` removes that stage instead."""
+
+    stage: ClassVar[str]  # the name of the stage these settings build
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.init and getattr(self, f.name) != _default(f)
+        }
+
+    @classmethod
+    def from_dict(cls: type[SettingsT], data: Mapping[str, Any], *, argument: str | None = None) -> SettingsT:
+        """``cls(**data)``, with an unknown key refused by name (``argument``: where the dict came
+        from, for the error)."""
+        where = argument or cls.stage
+        if not isinstance(data, Mapping):
+            raise ArgumentError(where, f"must be a dict of settings, got {type(data).__name__}")
+        known = [f.name for f in dataclasses.fields(cls) if f.init]
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ArgumentError(f"{where}.{key}", f"unknown setting{hint}; known: {', '.join(known)}")
+        return cls(**data)
+
+
+_BUILDERS: dict[type[Settings], type[Stage]] = {}  # filled by Stage.__init_subclass__
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 class StopStream(Exception):
@@ -144,6 +258,42 @@ class Pipeline:
 
     def get(self, name: str) -> Stage | None:
         return next((s for s in self.stages if s.name == name), None)
+
+    def install(self, settings: Settings, **context: Any) -> Stage | None:
+        """Turn a control on (or replace it) with the stage ``settings`` build, or remove it
+        (``enabled=False``); returns the installed stage."""
+        if not getattr(settings, "enabled", True):
+            self.remove(settings.stage)
+            return None
+        builder = _BUILDERS.get(type(settings))
+        if builder is None:
+            raise ArgumentError("settings", f"no stage is built from {type(settings).__name__} (none names it)")
+        stage = builder.from_settings(settings, self.get(settings.stage), **context)
+        if stage is None:
+            self.remove(settings.stage)
+        else:
+            self.add(stage)
+        return stage
+
+    def described(self) -> list[dict[str, Any]]:
+        """Every stage that describes itself or has a status, in order: ``name``, ``group``,
+        ``order``, ``settings`` (``describe()``), ``summary`` and ``status``."""
+        rows = []
+        for stage in self.stages:
+            settings = stage.describe()
+            try:
+                status = stage.status()
+            except Exception as exc:  # a status that needs more (a per-model budget's model) or broke
+                _logger.debug("no status for stage %r: %s", stage.name, exc)
+                status = None
+            if settings or status is not None:
+                rows.append(
+                    {
+                        "name": stage.name, "group": stage.group or stage.name, "order": stage.order,
+                        "settings": settings, "summary": stage.summary(), "status": status,
+                    }
+                )
+        return rows
 
     # -- the three ways to run a call --
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mlflow_lite_plugin.core.errors import ArgumentError
-from mlflow_lite_plugin.core.pipeline import Stage
+from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Stage
 from mlflow_lite_plugin.core.messages import content_text, last_user_text
 from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.tracing.schema import CORRECTION, EXAMPLES_PREFIX, HUMAN, RATING, ROOT_SPANS
@@ -589,10 +589,17 @@ class FewShotStage(Stage):
     """
 
     name = "few_shot"
-    order = 250
+    order = STAGE_ORDER[name]
 
     def __init__(self, learner: FeedbackLearner):
         self.learner = learner
+
+    def describe(self) -> dict[str, Any]:
+        learner = self.learner
+        return {
+            "enabled": learner.enabled, "max_examples": learner.max_examples, "min_rating": learner.min_rating,
+            "similarity": learner.threshold, "registry": learner.registry,
+        }
 
     def before(self, call: Call) -> Response | None:
         if not self.learner.enabled:

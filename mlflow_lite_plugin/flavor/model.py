@@ -34,6 +34,7 @@ latency, tokens, cache, validation, trace id, error) instead of strings.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -77,6 +78,10 @@ from mlflow_lite_plugin.core.response import Response
 from mlflow_lite_plugin.controls.budget.stage import BudgetExceededError
 from mlflow_lite_plugin.controls.ratelimit import RateLimitExceededError
 from mlflow_lite_plugin.flavor.serving import ServingLimits, saved_settings
+from mlflow_lite_plugin.cache.stage import CacheSettings, SemanticCacheSettings
+from mlflow_lite_plugin.controls.budget.settings import BudgetSettings
+from mlflow_lite_plugin.controls.ratelimit import RateLimitSettings
+from mlflow_lite_plugin.core.pipeline import Settings
 from mlflow_lite_plugin.version import __version__
 
 FLAVOR_NAME = "mlflow_lite"
@@ -90,7 +95,15 @@ DETAIL_COLUMNS = (
     "text", "model", "cost", "latency", "prompt_tokens", "completion_tokens", "total_tokens",
     "cached", "validation_passed", "validation_errors", "trace_id", "error",
 )
-_SETTINGS = ("cache", "semantic_cache", "rate_limit", "budget")
+# The controls saved with a model: config key -> their settings (saved as ``to_dict()``, the
+# keywords of set_cache, set_semantic_cache, set_rate_limit and set_budget; loaded back through
+# the same class, which also reads every model saved before the settings classes existed).
+_SETTINGS: dict[str, type[Settings]] = {
+    "cache": CacheSettings,
+    "semantic_cache": SemanticCacheSettings,
+    "rate_limit": RateLimitSettings,
+    "budget": BudgetSettings,
+}
 # Set by `mlflow models serve` in its workers (mlflow.pyfunc.scoring_server._SERVER_MODEL_PATH).
 _SERVED_BY_MLFLOW = "__pyfunc_model_path__"
 
@@ -260,6 +273,15 @@ def _config(
                          "aliases": aliases, "validate": validate, **settings})
     if cache_data is not None and semantic_cache is None:
         semantic_cache = {}  # known answers are served by the semantic cache
+    try:  # validated as set_cache & co. would, and saved as those settings
+        saved = {
+            key: None if value is None else _SETTINGS[key].from_dict(value, argument=key)
+            for key, value in {**settings, "semantic_cache": semantic_cache}.items()
+        }
+    except MlflowLiteError as exc:
+        raise _invalid(f"bad mlflow_lite setting: {exc}") from None
+    if cache_data is not None and not getattr(saved["semantic_cache"], "enabled", True):
+        raise _invalid("cache_data needs the semantic cache: remove semantic_cache={'enabled': False}")
     if validate is not None and not _storable(validate):
         raise _invalid("validate must be JSON-like rules (no callables) to be saved with a model")
     config = {
@@ -274,10 +296,7 @@ def _config(
         "validate": validate,
         "on_fail": on_fail,
         "max_attempts": max_attempts,
-        "cache": dict(cache) if cache is not None else None,
-        "semantic_cache": dict(semantic_cache) if semantic_cache is not None else None,
-        "rate_limit": dict(rate_limit) if rate_limit is not None else None,
-        "budget": dict(budget) if budget is not None else None,
+        **{key: None if value is None else value.to_dict() for key, value in saved.items()},
     }
     # An empty cache setting means "on, with defaults"; other empty settings are left out.
     return {k: v for k, v in config.items() if v is not None and (v or k in _SETTINGS)}
@@ -525,17 +544,9 @@ def _client(config: Mapping[str, Any], root: Path | None) -> Client:
         client = Client(config["model"], aliases=config.get("aliases"), **defaults)
         # Checks parameters, fallbacks and validation rules as a call would, at load time.
         build_call_request(model="check", prompt="check", messages=None, system=None, kwargs={}, defaults=defaults)
-        if config.get("cache") is not None:
-            cache = dict(config["cache"])
-            if cache.get("backend") == "redis" and not cache.get("url"):
-                cache["url"] = os.environ.get("MLFLOW_LITE_REDIS_URL")
-            client.set_cache(**cache)
-        if config.get("semantic_cache") is not None:
-            client.set_semantic_cache(cache=_semantic_cache(config, root))
-        if config.get("rate_limit") is not None:
-            client.set_rate_limit(**config["rate_limit"])
-        if config.get("budget") is not None:
-            client.set_budget(**config["budget"])
+        for key, kind in _SETTINGS.items():
+            if config.get(key) is not None:
+                _install(client, kind.from_dict(config[key], argument=key), config, root)
         if _SERVED_BY_MLFLOW in os.environ and "MLFLOW_LITE_TRACE_EXPORT" not in os.environ:
             # A scoring server: a child process writes the traces, so they don't take the CPU
             # (and GIL) of the requests (benchmarks/serve.py).
@@ -545,17 +556,22 @@ def _client(config: Mapping[str, Any], root: Path | None) -> Client:
     return client
 
 
-def _semantic_cache(config: Mapping[str, Any], root: Path | None) -> Any:
-    from mlflow_lite_plugin.cache.semantic import SemanticCache, SemanticCacheError
-
-    options = {k: v for k, v in (config.get("semantic_cache") or {}).items() if k != "enabled"}
+def _install(client: Client, settings: Settings, config: Mapping[str, Any], root: Path | None) -> None:
+    """Install one saved control; what lives outside the settings comes from the serving host (a
+    Redis cache's URL) or the model's directory (the saved semantic cache)."""
+    if isinstance(settings, CacheSettings) and settings.backend == "redis" and not settings.url:
+        settings = dataclasses.replace(settings, url=os.environ.get("MLFLOW_LITE_REDIS_URL"))
     directory = config.get("semantic_cache_dir")
-    if directory and root is not None:
-        try:
-            return SemanticCache.load(root / directory, **options)
+    if isinstance(settings, SemanticCacheSettings) and directory and root is not None:
+        from mlflow_lite_plugin.cache.semantic import SemanticCache, SemanticCacheError
+
+        try:  # the settings given override those the cache was saved with
+            cache = SemanticCache.load(root / directory, **settings.cache_options())
         except SemanticCacheError as exc:
             raise MlflowException(f"The mlflow_lite model's semantic cache could not be loaded: {exc}") from None
-    return SemanticCache(**options)
+        client.install(settings, cache=cache)
+    else:
+        client.install(settings)
 
 
 def _detail(result: Response | BaseException) -> dict[str, Any]:

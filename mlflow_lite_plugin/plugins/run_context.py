@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
+from mlflow_lite_plugin.client import existing_default_client
+from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.version import __version__
 
-from mlflow_lite_plugin.tracing import schema
-
 if TYPE_CHECKING:
-    from mlflow_lite_plugin.client import Client
     from mlflow_lite_plugin.core.pipeline import Pipeline
 
 _logger = logging.getLogger(__name__)
@@ -43,73 +42,23 @@ class LiteRunContextProvider(RunContextProvider):
 
 
 def client_tags() -> dict[str, str]:
-    """Tags describing the default client, or none if it was never created."""
-    from mlflow_lite_plugin import client as client_module
-
-    client = client_module._default
+    """Tags describing the default client, or none if it was never created: its default model,
+    and one tag per control (``mlflow_lite.<group>``) from each installed stage's ``summary()``,
+    built-in or added with ``add_stage``; a control that is off has no stage, so no tag."""
+    client = existing_default_client()
     if client is None:
         return {}
-    described = {
-        schema.RUN_DEFAULT_MODEL: client.model,
-        schema.run_tag("cache"): describe_cache(client.pipeline),
-        schema.run_tag("budget"): describe_budget(client.pipeline),
-        schema.run_tag("rate_limit"): describe_rate_limit(client.pipeline),
-        schema.run_tag("metrics"): describe_metrics(client),
-    }
+    described: dict[str, str | None] = {schema.RUN_DEFAULT_MODEL: client.model}
+    for key, summary in stage_summaries(client.pipeline).items():
+        described[schema.run_tag(key)] = summary
     return {key: value[:MAX_TAG_LENGTH] for key, value in described.items() if value}
 
 
-def describe_cache(pipeline: Pipeline) -> str | None:
-    """E.g. ``exact(memory, ttl=3600); semantic(threshold=0.725)``. Backend URLs and paths are left
-    out: a Redis URL can carry a password."""
-    from mlflow_lite_plugin.cache.stage import ExactCacheStage, SemanticCacheStage
-
-    parts = []
-    exact = pipeline.get(ExactCacheStage.name)
-    if isinstance(exact, ExactCacheStage):
-        backend = type(exact.backend).__name__.removesuffix("Backend").lower()
-        parts.append(f"exact({', '.join([backend, *_cache_rules(exact.ttl, exact.max_temperature)])})")
-    semantic = pipeline.get(SemanticCacheStage.name)
-    if isinstance(semantic, SemanticCacheStage):
-        rules = [f"threshold={semantic.cache.threshold:g}", *_cache_rules(semantic.ttl, semantic.max_temperature)]
-        parts.append(f"semantic({', '.join(rules)})")
-    return "; ".join(parts) or None
-
-
-def _cache_rules(ttl: float | None, max_temperature: float | None) -> list[str]:
-    rules = [] if ttl is None else [f"ttl={ttl:g}"]
-    return rules if max_temperature is None else [*rules, f"max_temperature={max_temperature:g}"]
-
-
-def describe_budget(pipeline: Pipeline) -> str | None:
-    """E.g. ``daily=10.0 USD, monthly=200.0 USD, scope=global``."""
-    from mlflow_lite_plugin.controls.budget.stage import BudgetStage
-
-    stage = pipeline.get(BudgetStage.name)
-    if not isinstance(stage, BudgetStage):
-        return None
-    limits = [f"{period}={limit} USD" for period, limit in stage.budget.limits()]
-    return ", ".join([*limits, f"scope={stage.budget.scope}"])
-
-
-def describe_rate_limit(pipeline: Pipeline) -> str | None:
-    """E.g. ``60 rpm; gpt-4o: 30000 tpm`` (a limit without a model applies to all models)."""
-    from mlflow_lite_plugin.controls.ratelimit import RateLimitStage
-
-    stage = pipeline.get(RateLimitStage.name)
-    if not isinstance(stage, RateLimitStage) or not stage.limits:
-        return None
-    described = []
-    for limit in stage.limits:
-        rates = [
-            f"{rate:g} {unit}"
-            for rate, unit in ((limit.requests_per_minute, "rpm"), (limit.tokens_per_minute, "tpm"))
-            if rate
-        ]
-        prefix = f"{limit.model}: " if limit.model else ""
-        described.append(prefix + ", ".join(rates))
-    return "; ".join(described)
-
-
-def describe_metrics(client: Client) -> str | None:
-    return ", ".join(client.list_metrics()) or None
+def stage_summaries(pipeline: Pipeline) -> dict[str, str]:
+    """``{group: summary}`` of the stages that describe themselves, in pipeline order; stages of
+    one group (the two caches) are joined with "; ", e.g. ``exact(memory, ttl=3600); semantic(threshold=0.725)``."""
+    groups: dict[str, list[str]] = {}
+    for stage in pipeline.stages:
+        if stage.describe():
+            groups.setdefault(stage.group or stage.name, []).append(stage.summary())
+    return {group: "; ".join(filter(None, parts)) for group, parts in groups.items()}

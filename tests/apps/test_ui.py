@@ -72,7 +72,7 @@ def _free_socket() -> socket.socket:
 
 
 @pytest.fixture(scope="module")
-def ui(_stub_server: StubLLMServer, tmp_path_factory):
+def ui(stub_server: StubLLMServer, tmp_path_factory):
     """The UI app on a free port, its client pointed at the stub server (server-side settings),
     with a cache and a daily budget; its own experiment, so the explorer lists only these tests'
     traces."""
@@ -80,7 +80,7 @@ def ui(_stub_server: StubLLMServer, tmp_path_factory):
 
     from mlflow_lite_plugin.apps.ui.app import create_app
 
-    client = ml.Client(api_base=_stub_server.openai_base, api_key=KEY)
+    client = ml.Client(api_base=stub_server.openai_base, api_key=KEY)
     client.set_cache()
     client.set_budget(daily_limit=5.0, path=str(tmp_path_factory.mktemp("ui") / "budget.db"))
     experiment = f"ui-{uuid.uuid4().hex[:8]}"
@@ -92,7 +92,7 @@ def ui(_stub_server: StubLLMServer, tmp_path_factory):
     while not server.started:
         assert time.monotonic() < deadline, "the UI server did not start"
         time.sleep(0.02)
-    yield UI(f"http://127.0.0.1:{sock.getsockname()[1]}", _stub_server, client)
+    yield UI(f"http://127.0.0.1:{sock.getsockname()[1]}", stub_server, client)
     server.should_exit = True
     thread.join(10)
     client.flush_traces()

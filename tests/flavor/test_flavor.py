@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import textwrap
 import uuid
 from pathlib import Path
 
@@ -295,3 +296,97 @@ def test_log_model_refuses_credentials_before_logging_anything(stub):
             ml.log_model(name="leaky", model="gpt-4o", prompt=PROMPT, params={"api_base": f"http://u:{secret}@h/v1"})
     logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert all(secret not in json.dumps(m.params) for m in logged)
+
+
+# -- control settings: one owner, the same constructor as set_cache & co. --
+
+
+def test_semantic_ttl_saved_with_a_model_is_the_caches_and_in_the_run_tag(tmp_path, stub, api_key, default_client):
+    """Regression: the ttl lived in both the SemanticCache and its stage; a model saved with
+    semantic_cache={"ttl": 60} loaded with the stage's ttl unset, and its run tag left it out."""
+    bot = ml.load_model(save(tmp_path / "bot", stub, semantic_cache={"ttl": 60}))
+    assert bot.client.semantic_cache().ttl == 60
+    ml.set_default_client(bot.client)
+    with mlflow.start_run() as run:
+        pass
+    tags = mlflow.get_run(run.info.run_id).data.tags
+    assert tags["mlflow_lite.cache"] == "exact(memory, ttl=3600); semantic(threshold=0.725, ttl=60)"
+
+
+def test_semantic_cache_takes_the_keywords_of_set_semantic_cache(tmp_path, stub, api_key, default_client):
+    """Regression: the flavor passed semantic_cache= to SemanticCache(**options), so the documented
+    set_semantic_cache keyword max_temperature raised a raw TypeError."""
+    path = Path(save(tmp_path / "bot", stub, semantic_cache={"max_temperature": 0, "threshold": 0.8}))
+    config = yaml.safe_load((path / "mlflow_lite.yaml").read_text())
+    assert config["semantic_cache"] == {"max_temperature": 0, "threshold": 0.8}
+    ml.set_default_client(ml.load_model(str(path)).client)
+    with mlflow.start_run() as run:
+        pass
+    tags = mlflow.get_run(run.info.run_id).data.tags
+    assert tags["mlflow_lite.cache"].endswith("semantic(threshold=0.8, max_temperature=0)")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("semantic_cache", {"max_temprature": 0}, "semantic_cache.max_temprature: unknown setting (did you mean 'max_temperature'?)"),
+        ("cache", {"tll": 60}, "cache.tll: unknown setting (did you mean 'ttl'?)"),
+        ("rate_limit", {"requests_per_minute": -1}, "requests_per_minute: must be a positive number"),
+        ("budget", {"daily_limt": 5}, "budget.daily_limt: unknown setting (did you mean 'daily_limit'?)"),
+        ("semantic_cache", {"threshold": 1.5}, "threshold: must be a cosine similarity in (0, 1]"),
+    ],
+)
+def test_a_bad_control_setting_is_named_at_save(tmp_path, stub, setting, value, message):
+    with pytest.raises(MlflowException) as raised:
+        save(tmp_path / "bot", stub, **{setting: value})
+    assert message in raised.value.message
+    assert not (tmp_path / "bot").exists()
+
+
+def test_a_model_saved_in_the_earlier_format_still_loads(tmp_path, stub, api_key, default_client):
+    """The settings file and MLmodel as save_model wrote them before the settings classes: the
+    keyword dicts as given (``enabled`` included), read back through the same settings."""
+    path = tmp_path / "old_bot"
+    path.mkdir()
+    (path / "mlflow_lite.yaml").write_text(textwrap.dedent(f"""\
+        model: gpt-4o
+        prompt: 'Answer the customer: {{question}}'
+        variables: [question]
+        system: You are helpful.
+        params: {{temperature: 0, api_base: '{stub.openai_base}'}}
+        fallbacks: [gpt-4o-mini]
+        aliases: {{}}
+        validate: {{max_length: 500}}
+        cache: {{enabled: true, ttl: 3600, backend: memory, max_entries: 100}}
+        semantic_cache: {{threshold: 0.8, verify: true}}
+        rate_limit: {{requests_per_minute: 600, max_wait: 5}}
+        budget: {{daily_limit: 5.0, path: '{tmp_path / "budget.db"}', on_unknown_price: allow}}
+        """))
+    (path / "MLmodel").write_text(textwrap.dedent("""\
+        flavors:
+          mlflow_lite:
+            config: mlflow_lite.yaml
+            llm: gpt-4o
+            mlflow_lite_version: 0.1.0
+          python_function:
+            conda: conda.yaml
+            env:
+              conda: conda.yaml
+              virtualenv: python_env.yaml
+            loader_module: mlflow_lite_plugin.flavor
+            python_version: 3.11.7
+            streamable: true
+        mlflow_version: 3.1.0
+        """))
+    bot = mlflow.pyfunc.load_model(str(path))
+    assert bot.predict(pd.DataFrame({"question": ["Where is my order?"]})) == [
+        "Stub answer from gpt-4o: Answer the customer: Where is my order?"
+    ]
+    ml.set_default_client(ml.load_model(str(path)).client)
+    with mlflow.start_run() as run:
+        pass
+    tags = mlflow.get_run(run.info.run_id).data.tags
+    assert tags["mlflow_lite.cache"] == "exact(memory, ttl=3600); semantic(threshold=0.8)"
+    assert tags["mlflow_lite.rate_limit"] == "600 rpm"
+    assert tags["mlflow_lite.budget"] == "daily=5.0 USD, scope=global"
+    assert ml.budget_status()["limit"] == 5.0

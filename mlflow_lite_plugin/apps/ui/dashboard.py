@@ -1,5 +1,6 @@
 """Cost dashboard endpoint: spend by day, model and tag from the experiment's traces, the budget,
-and what the cache saved.
+what the cache saved, and every installed control (``controls``: each stage's ``describe()`` and
+``status()``, built-in or added with ``add_stage``).
 
 Figures are summed over our query/stream spans (``mlflow_lite.cost_usd``, ``.total_tokens``,
 ``.cached``, ``.cost_saved_usd``), so chains count every step. Spend is ``mlflow_lite.cost_usd``,
@@ -19,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Iterable
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from mlflow_lite_plugin.cache.stage import ExactCacheStage, SemanticCacheStage
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.apps.ui.state import UIState
@@ -50,6 +50,7 @@ def dashboard(days: int = Query(30, ge=1, le=366), ui: UIState = Depends(ui_stat
             "truncated": truncated,
             "budget": _budget(ui.client),
             "cache": _cache(ui.client),
+            "controls": ui.client.pipeline.described(),
         }
     )
 
@@ -149,6 +150,5 @@ def _budget(client: Client) -> dict[str, Any] | None:
 
 def _cache(client: Client) -> dict[str, Any]:
     """Cache statistics of this server process (hits since it started, cost saved)."""
-    names = (ExactCacheStage.name, SemanticCacheStage.name)
-    enabled = [name for name in names if client.pipeline.get(name) is not None]
+    enabled = [stage.name for stage in client.pipeline.stages if stage.group == "cache"]
     return {"enabled": enabled, **client.cache_stats()}

@@ -4,7 +4,8 @@
     ml.set_alert(threshold=0.80, email="you@company.com")
     ml.budget_status()                               # spent, reserved, remaining, limit, resets_at
 
-How a call is accounted (the ``budget`` stage, order 100, before the caches and the provider):
+How a call is accounted (the ``budget`` stage, after the caches, before the rate limit and the
+provider):
 
 1. ``before``: the call's *worst-case* cost is reserved atomically in the ledger (see
    :meth:`BudgetStage.worst_case`): the prompt (images, tool and response-format definitions
@@ -52,19 +53,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone as dt_timezone
 from typing import TYPE_CHECKING, Any, Callable, Sequence
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from mlflow_lite_plugin.core import deadline
 from mlflow_lite_plugin.controls.budget.errors import BudgetExceededError, BudgetLedgerError, UnpricedModelError
 from mlflow_lite_plugin.controls.budget.ledger import Ledger, RedisLedger, Reservation, SQLiteLedger, make_ledger
-from mlflow_lite_plugin.core.errors import ArgumentError, check_number
-from mlflow_lite_plugin.core.pipeline import Call, Stage
+from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Stage
 from mlflow_lite_plugin.controls.budget.alerts import Alert, fire_crossed
+from mlflow_lite_plugin.controls.budget.settings import BudgetSettings
 from mlflow_lite_plugin.core.model_names import litellm_module
 from mlflow_lite_plugin.core.pricing import usd
 from mlflow_lite_plugin.tracing import schema
@@ -77,9 +77,6 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096  # when neither the call nor LiteLLM's price map bounds the output
-# Seconds a call waits for the reservations of calls in flight to settle before it is refused:
-# long enough for a few LLM answers to come back, short enough not to hang a served request.
-DEFAULT_MAX_WAIT = 30.0
 
 PERIODS = ("daily", "monthly")
 UNTAGGED = "(untagged)"
@@ -88,53 +85,8 @@ UNTAGGED = "(untagged)"
 # -- configuration --
 
 
-@dataclass(frozen=True)
-class Budget:
-    """What to enforce: USD limits per calendar day and/or month, in ``timezone``, per ``scope``.
-
-    ``scope``: "global" (one budget), "model" (one per primary model) or "tag:<name>" (one per
-    value of request tag ``<name>``, e.g. ``tags={"user": "alice"}``).
-    ``on_unknown_price``: "refuse" (default) or "allow" (counted as $0, warned).
-    ``max_wait``: seconds a call may wait for calls in flight to settle when only their
-    reservations stand in the way (0: refuse at once; None: wait as long as they take).
-    """
-
-    daily_limit: float | None = None
-    monthly_limit: float | None = None
-    timezone: str = "UTC"
-    scope: str = "global"
-    on_unknown_price: str = "refuse"
-    max_wait: float | None = DEFAULT_MAX_WAIT
-
-    def __post_init__(self) -> None:
-        for name in ("daily_limit", "monthly_limit"):
-            check_number(name, getattr(self, name), unit="USD")
-        check_number("max_wait", self.max_wait, allow_zero=True, unit="seconds")
-        if self.daily_limit is None and self.monthly_limit is None:
-            raise ArgumentError("daily_limit", "give daily_limit= and/or monthly_limit= (USD)")
-        if not isinstance(self.timezone, str):
-            raise ArgumentError("timezone", f"must be an IANA time zone name such as 'UTC', got {self.timezone!r}")
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ArgumentError(
-                "timezone", f"unknown time zone {self.timezone!r} (use an IANA name such as 'Europe/Paris')"
-            ) from exc
-        if not isinstance(self.scope, str) or not (
-            self.scope in ("global", "model") or re.fullmatch(r"tag:\S+", self.scope)
-        ):
-            raise ArgumentError("scope", f"must be 'global', 'model' or 'tag:<name>', got {self.scope!r}")
-        if self.on_unknown_price not in ("refuse", "allow"):
-            raise ArgumentError("on_unknown_price", f"must be 'refuse' or 'allow', got {self.on_unknown_price!r}")
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
-    def limits(self) -> list[tuple[str, float]]:
-        """(period, limit) pairs, daily first."""
-        pairs = [("daily", self.daily_limit), ("monthly", self.monthly_limit)]
-        return [(period, float(limit)) for period, limit in pairs if limit is not None]
+# What to enforce and where the ledger lives: one settings class, its only validator.
+Budget = BudgetSettings
 
 
 @dataclass(frozen=True)
@@ -305,7 +257,8 @@ class BudgetStage(Stage):
     """
 
     name = "budget"
-    order = 420  # after the caches (a hit is free even when the budget is spent), before rate limits
+    order = STAGE_ORDER[name]
+    settings_type = BudgetSettings
 
     def __init__(
         self,
@@ -324,6 +277,32 @@ class BudgetStage(Stage):
             self.add_alert(alert)
         self.clock = clock or _utc_now
         self._unpriced_warned: set[str] = set()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: BudgetSettings,
+        previous: Stage | None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        **context: Any,
+    ) -> BudgetStage:
+        """A new budget keeps the alerts of the one it replaces."""
+        alerts = previous.alerts if isinstance(previous, BudgetStage) else ()
+        ledger = make_ledger(settings.backend, path=settings.path, url=settings.url)
+        return cls(settings, ledger, alerts=alerts, clock=clock)
+
+    def describe(self) -> dict[str, Any]:
+        """Limits, scope, time zone and alert thresholds; never where the ledger lives (a Redis
+        URL can carry a password)."""
+        limits = {f"{period}_limit": limit for period, limit in self.budget.limits()}
+        return {**limits, "scope": self.budget.scope, "timezone": self.budget.timezone,
+                "alerts": [a.threshold for a in self.alerts]}
+
+    def summary(self) -> str:
+        """E.g. ``daily=10.0 USD, scope=global``."""
+        limits = [f"{period}={limit} USD" for period, limit in self.budget.limits()]
+        return ", ".join([*limits, f"scope={self.budget.scope}"])
 
     # -- configuration --
 
@@ -583,30 +562,12 @@ class BudgetStage(Stage):
 
 
 def set_budget(
-    pipeline: Pipeline,
-    daily_limit: float | None = None,
-    *,
-    monthly_limit: float | None = None,
-    timezone: str = "UTC",
-    scope: str = "global",
-    backend: str = "sqlite",
-    path: str | os.PathLike[str] | None = None,
-    url: str | None = None,
-    on_unknown_price: str = "refuse",
-    enabled: bool = True,
-    clock: Callable[[], datetime] | None = None,
-    max_wait: float | None = DEFAULT_MAX_WAIT,
+    pipeline: Pipeline, *args: Any, clock: Callable[[], datetime] | None = None, **settings: Any
 ) -> BudgetStage | None:
-    """Install (or replace, keeping its alerts; or remove with ``enabled=False``) the budget stage."""
-    existing = pipeline.get(BudgetStage.name)
-    if not enabled:
-        pipeline.remove(BudgetStage.name)
-        return None
-    budget = Budget(daily_limit, monthly_limit, timezone, scope, on_unknown_price, max_wait)
-    alerts = existing.alerts if isinstance(existing, BudgetStage) else ()
-    stage = BudgetStage(budget, make_ledger(backend, path=path, url=url), alerts=alerts, clock=clock)
-    pipeline.add(stage)
-    return stage
+    """Install (or replace, keeping its alerts; or remove with ``enabled=False``) the budget stage;
+    ``args``/``settings`` are :class:`BudgetSettings`'."""
+    stage = pipeline.install(BudgetSettings(*args, **settings), clock=clock)
+    return stage if isinstance(stage, BudgetStage) else None
 
 
 def budget_stage(pipeline: Pipeline) -> BudgetStage:

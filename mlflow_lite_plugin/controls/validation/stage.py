@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from mlflow_lite_plugin.core.errors import ValidationError
-from mlflow_lite_plugin.core.pipeline import Call, Stage, StopStream
-from mlflow_lite_plugin.core.results import StreamViolation, ValidationResult
+from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Stage, StopStream
 from mlflow_lite_plugin.tracing import schema
+from mlflow_lite_plugin.core.results import StreamViolation, ValidationResult
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.controls.validation.rules import Validator
@@ -48,7 +48,7 @@ def _token_counter(call: Call, model: ModelRef | None = None) -> Callable[[str],
 
 class ValidationStage(Stage):
     name = "validation"
-    order = 600
+    order = STAGE_ORDER[name]  # rules come with each call (``validate=``): nothing to describe
 
     def reask(self, call: Call, response: Response) -> bool:
         validator = call.request.validator
