@@ -10,6 +10,7 @@ from typing import Mapping
 
 from mlflow_lite_plugin.core import environment  # noqa: F401  (LiteLLM's price map read locally)
 from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.core.offline import register_offline_provider
 
 _logger = logging.getLogger(__name__)
 
@@ -40,9 +41,6 @@ def litellm_module() -> ModuleType:
     # LiteLLM prints "Give Feedback / Get Help" banners to stdout on every failure; our errors
     # carry the provider's message, and stdout belongs to the caller (the CLI streams answers).
     litellm.suppress_debug_info = True
-
-    from mlflow_lite_plugin.core.offline import register_offline_provider
-
     register_offline_provider(litellm)
     return litellm
 
