@@ -14,15 +14,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlflow_lite_plugin.core.errors import ArgumentError, check_number
-from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Settings, Stage
-from mlflow_lite_plugin.core.attachments import has_images
-from mlflow_lite_plugin.core.response import Response, usage_dict
-from mlflow_lite_plugin.controls.validation.stage import check_answer
 from mlflow_lite_plugin.cache.backends import BackendSkipped, CacheBackend, RedisBackend, make_backend
 from mlflow_lite_plugin.cache.keys import exact_key, scope_key
 from mlflow_lite_plugin.cache.singleflight import Lease, SingleFlight
 from mlflow_lite_plugin.cache.stats import CacheStats
+from mlflow_lite_plugin.controls.validation.stage import check_answer
+from mlflow_lite_plugin.core.attachments import has_images
+from mlflow_lite_plugin.core.errors import ArgumentError, check_number
+from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Settings, Stage
+from mlflow_lite_plugin.core.response import Response, usage_dict
 from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:

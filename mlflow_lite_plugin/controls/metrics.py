@@ -16,13 +16,14 @@ import inspect
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Stage
-from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.core.results import MetricResult  # re-exported: the response carries it
+from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.core.response import Response

@@ -48,8 +48,9 @@ import difflib
 import functools
 import logging
 import time
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generator, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from mlflow_lite_plugin.core.attachments import Image, redact
 from mlflow_lite_plugin.core.errors import ArgumentError

@@ -41,8 +41,9 @@ import os
 import re
 import string
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -68,20 +69,19 @@ from mlflow.utils.file_utils import write_to
 from mlflow.utils.model_utils import _get_flavor_configuration, _validate_and_prepare_target_save_path
 from mlflow.utils.requirements_utils import _get_pinned_requirement
 
-from mlflow_lite_plugin.security import credentials
+from mlflow_lite_plugin.cache.stage import CacheSettings, SemanticCacheSettings
+from mlflow_lite_plugin.client import Client, build_call_request
+from mlflow_lite_plugin.controls.budget.settings import BudgetSettings
+from mlflow_lite_plugin.controls.budget.stage import BudgetExceededError
+from mlflow_lite_plugin.controls.ratelimit import RateLimitExceededError, RateLimitSettings
 from mlflow_lite_plugin.core import deadline, errors
 from mlflow_lite_plugin.core.batch import gather_bounded, run_sync
-from mlflow_lite_plugin.client import Client, build_call_request
 from mlflow_lite_plugin.core.deadline import DeadlineExceededError
 from mlflow_lite_plugin.core.errors import MlflowLiteError
-from mlflow_lite_plugin.core.response import Response
-from mlflow_lite_plugin.controls.budget.stage import BudgetExceededError
-from mlflow_lite_plugin.controls.ratelimit import RateLimitExceededError
-from mlflow_lite_plugin.flavor.serving import ServingLimits, saved_settings
-from mlflow_lite_plugin.cache.stage import CacheSettings, SemanticCacheSettings
-from mlflow_lite_plugin.controls.budget.settings import BudgetSettings
-from mlflow_lite_plugin.controls.ratelimit import RateLimitSettings
 from mlflow_lite_plugin.core.pipeline import Settings
+from mlflow_lite_plugin.core.response import Response
+from mlflow_lite_plugin.flavor.serving import ServingLimits, saved_settings
+from mlflow_lite_plugin.security import credentials
 from mlflow_lite_plugin.version import __version__
 
 FLAVOR_NAME = "mlflow_lite"

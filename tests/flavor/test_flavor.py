@@ -329,7 +329,10 @@ def test_semantic_cache_takes_the_keywords_of_set_semantic_cache(tmp_path, stub,
 @pytest.mark.parametrize(
     ("setting", "value", "message"),
     [
-        ("semantic_cache", {"max_temprature": 0}, "semantic_cache.max_temprature: unknown setting (did you mean 'max_temperature'?)"),
+        (
+            "semantic_cache", {"max_temprature": 0},
+            "semantic_cache.max_temprature: unknown setting (did you mean 'max_temperature'?)",
+        ),
         ("cache", {"tll": 60}, "cache.tll: unknown setting (did you mean 'ttl'?)"),
         ("rate_limit", {"requests_per_minute": -1}, "requests_per_minute: must be a positive number"),
         ("budget", {"daily_limt": 5}, "budget.daily_limt: unknown setting (did you mean 'daily_limit'?)"),

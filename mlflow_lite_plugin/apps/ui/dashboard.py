@@ -13,19 +13,18 @@ before any answer. Days are UTC. At most ``MAX_TRACES`` traces are read per requ
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
+from mlflow_lite_plugin.apps.ui.state import UIState, ui_state
+from mlflow_lite_plugin.apps.ui.traces import calls, user_tags
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.tracing import schema
-from mlflow_lite_plugin.apps.ui.state import UIState
-from mlflow_lite_plugin.apps.ui.state import ui_state
-from mlflow_lite_plugin.apps.ui.traces import calls
-from mlflow_lite_plugin.apps.ui.traces import user_tags
 
 if TYPE_CHECKING:
     from mlflow.entities import Trace

@@ -53,19 +53,21 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone as dt_timezone
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from mlflow_lite_plugin.core import deadline
+from mlflow_lite_plugin.controls.budget.alerts import Alert, fire_crossed
 from mlflow_lite_plugin.controls.budget.errors import BudgetExceededError, BudgetLedgerError, UnpricedModelError
 from mlflow_lite_plugin.controls.budget.ledger import Ledger, RedisLedger, Reservation, SQLiteLedger, make_ledger
-from mlflow_lite_plugin.core.errors import ArgumentError
-from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Stage
-from mlflow_lite_plugin.controls.budget.alerts import Alert, fire_crossed
 from mlflow_lite_plugin.controls.budget.settings import BudgetSettings
+from mlflow_lite_plugin.core import deadline
+from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.model_names import litellm_module
+from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Stage
 from mlflow_lite_plugin.core.pricing import usd
 from mlflow_lite_plugin.tracing import schema
 
