@@ -28,7 +28,6 @@ from typing import Any
 
 from mlflow_lite_plugin.security import credentials
 from mlflow_lite_plugin.tracing import schema
-from mlflow_lite_plugin.tracing.export import ProcessWriter
 from mlflow_lite_plugin.tracing.store import FLUSH_TIMEOUT, open_store, safely
 from mlflow_lite_plugin.tracing.writers import CallerLinks, QueueWriter, ThreadWriter
 
@@ -200,7 +199,8 @@ class Span:
         from mlflow.entities import SpanEvent
 
         name, timestamp, attributes = event
-        self._live.add_event(SpanEvent(name=name, timestamp=timestamp, attributes=attributes))
+        # MLflow's SpanEvent leaves its base's from_proto abstract to mypy; it is a plain dataclass
+        self._live.add_event(SpanEvent(name=name, timestamp=timestamp, attributes=attributes))  # type: ignore[abstract]
 
     def error_record(self) -> dict[str, str] | None:
         """The span's error as MLflow's exception event holds it, scrubbed (:func:`exception_record`)."""
@@ -269,7 +269,7 @@ def record_exception(live: Any, record: dict[str, str]) -> None:
     formats the exception's unscrubbed traceback)."""
     from mlflow.entities import SpanEvent, SpanStatus, SpanStatusCode
 
-    live.add_event(SpanEvent(name="exception", attributes={
+    live.add_event(SpanEvent(name="exception", attributes={  # type: ignore[abstract]  # as in _live_event
         "exception.message": record["message"], "exception.type": record["type"],
         "exception.stacktrace": record["stacktrace"]}))
     live.set_status(SpanStatus(SpanStatusCode.ERROR, f"{record['type']}: {record['message']}"))
@@ -463,4 +463,10 @@ class Tracer:
 
 
 def _writer(mode: str) -> QueueWriter:
-    return ProcessWriter() if mode == "process" else ThreadWriter()
+    if mode == "process":
+        # Loaded when asked for, not with the package: the exporter's pipe and child-process code
+        # would add to every import's cold start (export imports nothing of this module).
+        from mlflow_lite_plugin.tracing.export import ProcessWriter
+
+        return ProcessWriter()
+    return ThreadWriter()

@@ -22,9 +22,10 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
-from mlflow_lite_plugin.tracing import batch, store
+from mlflow_lite_plugin.tracing import store
 
 if TYPE_CHECKING:
+    from mlflow_lite_plugin.tracing.batch import Destinations
     from mlflow_lite_plugin.tracing.tracer import RecordedTrace, TraceRef
 
 _logger = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class ThreadWriter(QueueWriter):
     mode = "thread"
     max_batch = 1  # what waits stays in the queue, where a flush can drain it
     _unflushed = False  # written to MLflow since its export queue was last flushed
-    _destination: batch.Destinations | None = None  # created when first needed
+    _destination: Destinations | None = None  # created when first needed
 
     def drain(self) -> None:
         with self._cond:
@@ -212,7 +213,10 @@ class ThreadWriter(QueueWriter):
                 return
             backlog = list(self._pending)
             self._pending.clear()
-        for trace, trace_id in batch.write_now(backlog, self.warn):
+        # The batch path loads with its first backlog, off the package's import (a cold-start cost).
+        from mlflow_lite_plugin.tracing.batch import write_now
+
+        for trace, trace_id in write_now(backlog, self.warn):
             self.done(trace.ref, trace_id)
 
     def write(self, traces: list[RecordedTrace]) -> None:
@@ -243,7 +247,9 @@ class ThreadWriter(QueueWriter):
             return own
         # A run began after the call: MLflow would file the trace in that run's experiment.
         if self._destination is None:
-            self._destination = batch.Destinations()
+            from mlflow_lite_plugin.tracing.batch import Destinations  # as in drain: off the import path
+
+            self._destination = Destinations()
         return self._destination(trace)[1]
 
     def after_flush(self) -> None:
