@@ -186,7 +186,7 @@ def _write_group(uri: str, experiment_id: str, records: list[dict[str, Any]]) ->
             "use MLFLOW_LITE_TRACE_EXPORT=thread"
         ) from None
     _link_runs(uri, records)
-    acks = []
+    acks: list[tuple[str, str | None]] = []
     for record in records:
         trace_id = mlflow_trace_id(record["key"])
         if record["feedback"]:
