@@ -260,7 +260,7 @@ class RateLimitStage(Stage):
     def _waiting(call: Call, wait: float) -> float:
         if wait > 0:
             call.span.add_event("rate_limit_wait", {"seconds": round(wait, 4)})
-            call.span.set_attributes({"mlflow_lite.rate_limit_wait_s": round(wait, 4)})
+            call.span.set_attributes({schema.RATE_LIMIT_WAIT_S: round(wait, 4)})
         return wait
 
     def before(self, call: Call) -> Response | None:
