@@ -31,24 +31,26 @@ def store_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def _stub_server():
+def stub_server():
+    """The session's loopback LLM server as it is, for module- and session-scoped fixtures; tests
+    take ``stub``, which resets it around each test."""
     with StubLLMServer() as server:
         yield server
 
 
 @pytest.fixture
-def stub(_stub_server: StubLLMServer) -> StubLLMServer:
+def stub(stub_server: StubLLMServer) -> StubLLMServer:
     """The loopback LLM server, with no faults queued, no latency, the default reply and an
     empty request log."""
     from mlflow_lite_plugin.testing.stub_server import default_reply
 
-    _stub_server.reset()
-    _stub_server.latency = 0.0
-    _stub_server.chunk_delay = 0.0
-    _stub_server.reply = default_reply
-    yield _stub_server
-    _stub_server.reset()
-    _stub_server.reply = default_reply
+    stub_server.reset()
+    stub_server.latency = 0.0
+    stub_server.chunk_delay = 0.0
+    stub_server.reply = default_reply
+    yield stub_server
+    stub_server.reset()
+    stub_server.reply = default_reply
 
 
 @pytest.fixture
@@ -70,14 +72,15 @@ def client() -> ml.Client:
 
 
 @pytest.fixture
-def default_client(monkeypatch: pytest.MonkeyPatch) -> ml.Client:
-    """A fresh client installed behind the ml.* one-liners for one test."""
-    import mlflow_lite_plugin.client as client_module
-
+def default_client() -> ml.Client:
+    """A fresh client installed behind the ml.* one-liners for one test (the previous one is put
+    back after)."""
+    previous = ml.get_default_client()
     c = ml.Client()
-    monkeypatch.setattr(client_module, "_default", c)
+    ml.set_default_client(c)
     yield c
     c.flush_traces()
+    ml.set_default_client(previous)
 
 
 @pytest.fixture(scope="session")

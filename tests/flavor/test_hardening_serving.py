@@ -233,12 +233,12 @@ def test_a_single_row_makes_no_provider_call_after_its_deadline(stub: StubLLMSer
 
 
 @pytest.fixture(scope="module")
-def limited_server(_stub_server: StubLLMServer, tmp_path_factory: pytest.TempPathFactory):
+def limited_server(stub_server: StubLLMServer, tmp_path_factory: pytest.TempPathFactory):
     """``mlflow models serve`` with small limits set by the serving host's environment and a 4 s
     request timeout."""
     workdir = tmp_path_factory.mktemp("limited-serve")
     path = workdir / "bot"
-    ml.save_model(path, model="gpt-4o", prompt=PROMPT, params={"api_base": _stub_server.openai_base})
+    ml.save_model(path, model="gpt-4o", prompt=PROMPT, params={"api_base": stub_server.openai_base})
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     env.update(OPENAI_API_KEY=KEY, MLFLOW_LITE_MAX_REQUEST_BYTES="20000", MLFLOW_LITE_MAX_ROW_CHARS="5000",
                MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT="4")

@@ -116,13 +116,13 @@ def stop_server(served: Served) -> None:
 
 
 @pytest.fixture(scope="module")
-def registered(_stub_server: StubLLMServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def registered(stub_server: StubLLMServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The app logged in a run and registered; version 1 carries the alias ``champion``."""
     artifacts = tmp_path_factory.mktemp("serve-artifacts")
     name = f"support_bot_{uuid.uuid4().hex[:8]}"
     experiment_id = mlflow.create_experiment(f"serve-tests-{name}", artifact_location=artifacts.as_uri())
     with mlflow.start_run(experiment_id=experiment_id):
-        info = ml.log_model(name="support_bot", registered_model_name=name, **model_settings(_stub_server.openai_base))
+        info = ml.log_model(name="support_bot", registered_model_name=name, **model_settings(stub_server.openai_base))
     client = MlflowClient()
     client.set_registered_model_alias(name, "champion", info.registered_model_version)
     return {"name": name, "info": info, "artifacts": artifacts, "uri": f"models:/{name}@champion"}

@@ -89,9 +89,9 @@ def _restore(saved: dict[str, str | None]) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_path(_stub_server: StubLLMServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+def model_path(stub_server: StubLLMServer, tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("spark-udf") / "support_bot"
-    ml.save_model(path, **model_settings(_stub_server.openai_base))
+    ml.save_model(path, **model_settings(stub_server.openai_base))
     return str(path)
 
 
