@@ -1,4 +1,5 @@
-"""Semantic cache: the verifier (no model), the FAISS cache with the real MiniLM model, quality."""
+"""Semantic cache: the verifier (on typed cosines, then on the real model's), the FAISS cache with
+the real MiniLM model, quality."""
 
 from __future__ import annotations
 
@@ -298,7 +299,7 @@ def test_thread_safety_smoke(embedder) -> None:
                 hit = cache.lookup(f"scope-{n % 3}", f"what is the price of item number {n * 100 + i}")
                 assert hit is None or hit.value["n"] % 3 == n % 3
                 cache.lookup(f"scope-{n % 3}", "How much does an item cost?")
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
