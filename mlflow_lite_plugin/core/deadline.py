@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Iterator
+from typing import overload
 
 from mlflow_lite_plugin.core.errors import MlflowLiteError
 
@@ -48,6 +49,10 @@ def check(what: str) -> None:
         raise DeadlineExceededError(f"the request's deadline passed {-left:.2f} s ago: {what} was not started")
 
 
+@overload
+def bound(timeout: float) -> float: ...
+@overload
+def bound(timeout: None) -> float | None: ...
 def bound(timeout: float | None) -> float | None:
     """``timeout`` (seconds, None: none) shortened to the time left before the deadline."""
     left = remaining()

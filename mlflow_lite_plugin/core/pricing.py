@@ -7,11 +7,13 @@ warning per model, never a silent $0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from mlflow_lite_plugin.core.attachments import split_images, url_tokens
 from mlflow_lite_plugin.core.errors import ArgumentError, check_number
@@ -138,10 +140,8 @@ class Pricing:
         total = price.cost(prompt_tokens, completion_tokens)
         overridden = model.name in self._overrides or model.requested in self._overrides
         if raw is not None and price is not FREE and not overridden:
-            try:
+            with contextlib.suppress(Exception):  # LiteLLM cannot price it: the per-token price is close enough
                 total = float(litellm_module().completion_cost(completion_response=raw, model=model.name))
-            except Exception:
-                pass  # the per-token price is close enough
         input_cost = prompt_tokens * price.input
         return {"input_cost": input_cost, "output_cost": total - input_cost, "total_cost": total}
 
@@ -152,15 +152,15 @@ class Pricing:
 
     def count_tokens(self, model: ModelRef, text: str | Sequence[dict[str, Any]]) -> int:
         """Tokens of a text or a message list with the model's tokenizer (bundled, offline)."""
+        if not isinstance(text, Sequence):
+            raise ArgumentError("text", f"must be a string or a list of messages, got {type(text).__name__}")
         litellm = litellm_module()
         if isinstance(text, str):
             return int(litellm.token_counter(model=model.name, text=text))
-        if isinstance(text, Sequence):
-            # Images by their pixel size (LiteLLM would download URL images to measure them).
-            messages, images = split_images(list(text))
-            tokens = int(litellm.token_counter(model=model.name, messages=messages))
-            return tokens + sum(url_tokens(url, model.provider) for url in images)
-        raise ArgumentError("text", f"must be a string or a list of messages, got {type(text).__name__}")
+        # Images by their pixel size (LiteLLM would download URL images to measure them).
+        messages, images = split_images(list(text))
+        tokens = int(litellm.token_counter(model=model.name, messages=messages))
+        return tokens + sum(url_tokens(url, model.provider) for url in images)
 
     def _warn_unknown(self, model: ModelRef) -> None:
         with self._lock:

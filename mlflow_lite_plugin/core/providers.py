@@ -8,18 +8,20 @@ retries are ours: every attempt is its own span and is costed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Generator, Iterator
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any
 
-from mlflow_lite_plugin.security import credentials
 from mlflow_lite_plugin.core import deadline
-from mlflow_lite_plugin.tracing import schema
-from mlflow_lite_plugin.tracing import tracer as tracing
 from mlflow_lite_plugin.core.errors import ProviderError, from_provider_exception, local_request_error
 from mlflow_lite_plugin.core.model_names import litellm_module
 from mlflow_lite_plugin.core.pipeline import chat_inputs
 from mlflow_lite_plugin.core.response import Response, usage_dict
 from mlflow_lite_plugin.core.retry import Attempt, AttemptPlan
+from mlflow_lite_plugin.security import credentials
+from mlflow_lite_plugin.tracing import schema
+from mlflow_lite_plugin.tracing import tracer as tracing
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.core.pipeline import Call
@@ -105,7 +107,10 @@ class Provider:
         call.state["answering_model"] = attempt.model
         known = credentials.secret_values(call.request.params)
         call.span.hide(known)  # the key this call uses, masked in its trace whatever it looks like
-        inputs = {**chat_inputs(call.messages, attempt.model.name, call.request.images), **_safe_params(call.request.params, known)}
+        inputs = {
+            **chat_inputs(call.messages, attempt.model.name, call.request.images),
+            **_safe_params(call.request.params, known),
+        }
         reask = f", re-ask {call.reasks}" if call.reasks else ""
         return call.span.child(
             f"{attempt.model.name} (attempt {attempt.number}{reask})",
@@ -238,10 +243,8 @@ def _close_stream(chunks: Any) -> None:
     for target in (getattr(chunks, "completion_stream", None), chunks):
         close = getattr(target, "close", None)
         if callable(close):
-            try:
+            with contextlib.suppress(Exception):  # best effort: the stream is abandoned either way
                 close()
-            except Exception:
-                pass
 
 
 def _dump(raw: Any) -> Any:
