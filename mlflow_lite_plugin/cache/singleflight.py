@@ -21,12 +21,14 @@ only there is one answer interchangeable with the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generator
+from typing import TYPE_CHECKING, Any
 
 from mlflow_lite_plugin.core import deadline
 from mlflow_lite_plugin.storage.errors import BackendSkipped
@@ -55,10 +57,8 @@ class _Flight:
             self.done.set()
             futures, self.futures = self.futures, []
         for loop, future in futures:
-            try:
+            with contextlib.suppress(RuntimeError):  # that loop has closed: its waiter is gone
                 loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # that loop has closed: its waiter is gone
-                pass
 
     async def wait_async(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -67,10 +67,8 @@ class _Flight:
             if self.done.is_set():
                 return
             self.futures.append((loop, future))
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            pass
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -117,7 +115,7 @@ class SingleFlight:
             while True:
                 time.sleep(next(steps))
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            return done.value
         except BaseException:  # interrupted while polling: nobody will release it later
             self.release(lease)
             raise
@@ -134,7 +132,7 @@ class SingleFlight:
             while True:
                 await asyncio.sleep(next(steps))
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            return done.value
         except BaseException:  # cancelled (a deadline) while polling: nobody will release it later
             self.release(lease)
             raise

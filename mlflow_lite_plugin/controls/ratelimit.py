@@ -140,6 +140,8 @@ class _Schedule:
 class LocalSchedule(_Schedule):
     """The schedule of one process: threads and asyncio tasks of this process share it."""
 
+    storage: MemoryStorage
+
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.storage = MemoryStorage(clock=clock)
 

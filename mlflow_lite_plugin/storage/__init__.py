@@ -35,9 +35,11 @@ def open_storage(target: str | os.PathLike[str] | None = None, **options: Any) -
     if target.startswith(REDIS_SCHEMES):
         return RedisStorage(target, **options)
     if target.startswith("sqlite://"):
-        path = target[len("sqlite://"):]
+        path = target[len("sqlite://") :]
         if not path.startswith("/") or path == "/":
-            raise ArgumentError("storage", f"a SQLite URL is sqlite:///relative.db or sqlite:////absolute.db, got {target!r}")
+            raise ArgumentError(
+                "storage", f"a SQLite URL is sqlite:///relative.db or sqlite:////absolute.db, got {target!r}"
+            )
         return SQLiteStorage(path[1:], **options)
     if "://" in target:
         raise ArgumentError("storage", f"unknown scheme in {target!r}: use a path, 'memory', redis:// or sqlite:///")

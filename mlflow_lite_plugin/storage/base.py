@@ -10,7 +10,8 @@ outage becomes :class:`StorageError` and the breaker counts it.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, TypeVar
 
 from mlflow_lite_plugin.storage.breaker import BreakerSettings, CircuitBreaker
 from mlflow_lite_plugin.storage.errors import StorageError
@@ -67,3 +68,31 @@ class Storage:
 
     def close(self) -> None:
         """Close this process's connections (the next operation opens new ones)."""
+
+
+# -- operations written once, as generators that yield what to do and receive its outcome (sans
+# I/O): ``drive`` does it with blocking calls, ``adrive`` with coroutines --
+
+
+def drive(steps: Generator[Any, Any, _T], execute: Callable[[Any], Any]) -> _T:
+    """Run ``steps``: ``execute`` each step it yields and send the outcome back; its result."""
+    value, done = _advance(steps, None)
+    while not done:
+        value, done = _advance(steps, execute(value))
+    return value
+
+
+async def adrive(steps: Generator[Any, Any, _T], execute: Callable[[Any], Awaitable[Any]]) -> _T:
+    """:func:`drive` with a coroutine function."""
+    value, done = _advance(steps, None)
+    while not done:
+        value, done = _advance(steps, await execute(value))
+    return value
+
+
+def _advance(steps: Generator[Any, Any, Any], outcome: Any) -> tuple[Any, bool]:
+    """(the next step, False), or (the result, True) once ``steps`` has returned."""
+    try:
+        return steps.send(outcome), False
+    except StopIteration as done:
+        return done.value, True

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.storage.errors import BackendSkipped
@@ -61,7 +62,7 @@ class CircuitBreaker:
 
     @property
     def state(self) -> str:
-        """"closed", "open" (skipping) or "half-open" (cool-down over: one operation probes)."""
+        """ "closed", "open" (skipping) or "half-open" (cool-down over: one operation probes)."""
         with self._lock:
             if self._opened_at is None:
                 return "closed"
@@ -123,7 +124,10 @@ class CircuitBreaker:
             self._opened_at = self._clock()
         _logger.warning(
             "%s storage failed %d time(s) in a row%s: skipping it for %.0f s",
-            self.name, self._failures, " (probe)" if probe else "", self.settings.cooldown,
+            self.name,
+            self._failures,
+            " (probe)" if probe else "",
+            self.settings.cooldown,
         )
 
     def _answered(self, probe: bool) -> None:

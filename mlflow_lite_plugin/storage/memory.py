@@ -9,7 +9,8 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from mlflow_lite_plugin.storage.base import Storage
 
@@ -46,7 +47,7 @@ class MemoryStorage(Storage):
                 del self._data[key]
                 return None
             self._data.move_to_end(key)
-        return json.loads(blob)  # type: ignore[no-any-return]
+        return json.loads(blob)
 
     def set(self, key: str, value: dict[str, Any], ttl: float | None) -> None:
         blob = json.dumps(value)
@@ -68,7 +69,9 @@ class MemoryStorage(Storage):
     # -- schedule (rate limit): per name, where the next reservation goes and when the last call
     # that started is paid for (see controls/ratelimit.py) --
 
-    def schedule_reserve(self, names: Sequence[str], seconds: Sequence[float], max_wait: float | None) -> tuple[bool, float]:
+    def schedule_reserve(
+        self, names: Sequence[str], seconds: Sequence[float], max_wait: float | None
+    ) -> tuple[bool, float]:
         """Book the earliest slot free in every named schedule, each moved on by its ``seconds``;
         ``(False, wait)`` without booking when the wait would pass ``max_wait``."""
         with self._lock:
@@ -77,7 +80,7 @@ class MemoryStorage(Storage):
             wait = slot - now
             if max_wait is not None and wait > max_wait:
                 return False, wait
-            for name, s in zip(names, seconds):
+            for name, s in zip(names, seconds, strict=False):
                 self._times(name)[0] = slot + s
         return True, wait
 
@@ -89,7 +92,7 @@ class MemoryStorage(Storage):
             remaining = max(self._times(name)[1] - now for name in names)
             if remaining > 0:
                 return remaining
-            for name, s in zip(names, seconds):
+            for name, s in zip(names, seconds, strict=False):
                 times = self._times(name)
                 times[1] = now + s
                 times[0] = max(times[0], times[1])  # a late start delays the schedule

@@ -21,16 +21,18 @@ EVAL once the server does not know them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import threading
 import time
 import weakref
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from mlflow_lite_plugin.core.errors import ArgumentError
-from mlflow_lite_plugin.storage.base import Storage
+from mlflow_lite_plugin.storage.base import Storage, adrive, drive
 from mlflow_lite_plugin.storage.breaker import BreakerSettings
 
 _T = TypeVar("_T")
@@ -61,6 +63,7 @@ class Eval:
 
     def by_text(self) -> tuple[Any, ...]:
         return ("EVAL", self.script.text, len(self.keys), *self.keys, *self.args)
+
 
 Steps = Generator[Any, Any, _T]  # yields commands (a tuple, or an Eval), receives their replies
 
@@ -94,7 +97,9 @@ class RedisStorage(Storage):
         try:
             import redis
         except ImportError as exc:
-            raise ArgumentError("backend", "backend='redis' needs the redis package: pip install 'mlflow-lite-plugin[redis]'") from exc
+            raise ArgumentError(
+                "backend", "backend='redis' needs the redis package: pip install 'mlflow-lite-plugin[redis]'"
+            ) from exc
         self.url = url
         self.prefix = prefix
         self._options = client_options(socket_timeout)
@@ -124,23 +129,10 @@ class RedisStorage(Storage):
         return await self.acall(self._adrive, op(*args))
 
     def _drive(self, steps: Steps[_T]) -> _T:
-        reply = None
-        while True:
-            try:
-                command = steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply = self._execute(command)
+        return drive(steps, self._execute)
 
     async def _adrive(self, steps: Steps[_T]) -> _T:
-        client = self._aclient()
-        reply = None
-        while True:
-            try:
-                command = steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply = await self._aexecute(client, command)
+        return await adrive(steps, functools.partial(self._aexecute, self._aclient()))
 
     def _execute(self, command: tuple[Any, ...] | Eval) -> Any:
         if not isinstance(command, Eval):
@@ -192,7 +184,7 @@ class RedisStorage(Storage):
     def _clear(self) -> Steps[None]:
         keys = yield from self._keys()
         for start in range(0, len(keys), 500):
-            yield ("DEL", *keys[start:start + 500])
+            yield ("DEL", *keys[start : start + 500])
 
     def _count(self) -> Steps[int]:
         return len((yield from self._keys()))
@@ -206,15 +198,21 @@ class RedisStorage(Storage):
     def _ledger_reserve(
         self, buckets: Sequence[tuple[str, str, float]], reservation_id: str, amount: float, ttl: float
     ) -> Steps[tuple[int, float, float, Any] | None]:
-        keys = [key for scope, period, _ in buckets for key in self._bucket_keys(scope, period)] + [self.prefix + "changes"]
+        keys = [key for scope, period, _ in buckets for key in self._bucket_keys(scope, period)] + [
+            self.prefix + "changes"
+        ]
         args = [reservation_id, repr(amount), repr(float(ttl)), len(buckets), LEDGER_KEY_TTL]
         result = yield Eval(_RESERVE, keys, args + [repr(float(limit)) for _, _, limit in buckets])
         if int(result[0]) == 1:
             return None
         return int(result[1]) - 1, float(result[2]), float(result[3]), int(result[4])
 
-    def _ledger_settle(self, reservation_id: str, buckets: Sequence[tuple[str, str]], actual: float) -> Steps[list[float]]:
-        keys = [key for scope, period in buckets for key in self._bucket_keys(scope, period)] + [self.prefix + "changes"]
+    def _ledger_settle(
+        self, reservation_id: str, buckets: Sequence[tuple[str, str]], actual: float
+    ) -> Steps[list[float]]:
+        keys = [key for scope, period in buckets for key in self._bucket_keys(scope, period)] + [
+            self.prefix + "changes"
+        ]
         totals = yield Eval(_SETTLE, keys, [reservation_id, repr(actual), LEDGER_KEY_TTL])
         return [float(total) for total in totals]
 
@@ -235,7 +233,9 @@ class RedisStorage(Storage):
 
     # -- schedule (rate limit): storage/memory.py's schedule, in Redis server time --
 
-    def _schedule_reserve(self, names: Sequence[str], seconds: Sequence[float], max_wait: float | None) -> Steps[tuple[bool, float]]:
+    def _schedule_reserve(
+        self, names: Sequence[str], seconds: Sequence[float], max_wait: float | None
+    ) -> Steps[tuple[bool, float]]:
         keys = [f"{self.prefix}{name}:next" for name in names]
         ok, wait = yield Eval(_SCHEDULE_RESERVE, keys, [-1 if max_wait is None else max_wait, *seconds])
         return bool(int(ok)), float(wait)
@@ -294,7 +294,9 @@ class RedisStorage(Storage):
     def ledger_settle(self, reservation_id: str, buckets: Sequence[tuple[str, str]], actual: float) -> list[float]:
         return self.run(self._ledger_settle, reservation_id, buckets, actual)
 
-    async def aledger_settle(self, reservation_id: str, buckets: Sequence[tuple[str, str]], actual: float) -> list[float]:
+    async def aledger_settle(
+        self, reservation_id: str, buckets: Sequence[tuple[str, str]], actual: float
+    ) -> list[float]:
         return await self.arun(self._ledger_settle, reservation_id, buckets, actual)
 
     def ledger_renew(self, reservation_ids: Sequence[str], buckets: Sequence[tuple[str, str]]) -> None:
@@ -321,7 +323,9 @@ class RedisStorage(Storage):
     async def aledger_mark(self, scope: str, period: str, threshold: float) -> bool:
         return await self.arun(self._ledger_mark, scope, period, threshold)
 
-    def schedule_reserve(self, names: Sequence[str], seconds: Sequence[float], max_wait: float | None) -> tuple[bool, float]:
+    def schedule_reserve(
+        self, names: Sequence[str], seconds: Sequence[float], max_wait: float | None
+    ) -> tuple[bool, float]:
         return self.run(self._schedule_reserve, names, seconds, max_wait)
 
     async def aschedule_reserve(

@@ -25,8 +25,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from mlflow_lite_plugin.storage.base import Storage
 from mlflow_lite_plugin.storage.breaker import BreakerSettings
@@ -136,7 +137,7 @@ class SQLiteStorage(Storage):
         held = getattr(self._local, "db", None)
         if held is None or held[0] != os.getpid():
             self._local.db = held = (os.getpid(), connect(self.path))
-        return held[1]  # type: ignore[no-any-return]
+        return held[1]
 
     def _shared_connection(self) -> sqlite3.Connection:
         """The process's connection for the ledger (hold ``_lock``)."""
@@ -179,6 +180,7 @@ class SQLiteStorage(Storage):
     def _locked(self, op: Callable[..., _T], *args: Any) -> _T:
         """``op`` on the shared connection without a transaction (reads that must see what this
         process's transactions see, and a stable ``data_version``)."""
+
         def run() -> _T:
             with self._lock:
                 return op(self._shared_connection(), *args)
@@ -314,7 +316,7 @@ def _kv_get(db: sqlite3.Connection, key: str) -> dict[str, Any] | None:
     if row is None:
         return None
     db.execute("UPDATE cache SET used_at = ? WHERE key = ?", (now, key))
-    return json.loads(row[0])  # type: ignore[no-any-return]
+    return json.loads(row[0])
 
 
 def _kv_set(db: sqlite3.Connection, key: str, value: dict[str, Any], ttl: float | None, max_entries: int) -> None:
@@ -344,7 +346,9 @@ def _fits(spent: float, reserved: float, amount: float, limit: float) -> bool:
     return amount <= 0 or spent + reserved + amount <= limit + EPSILON
 
 
-def _ledger_reserve(db: sqlite3.Connection, buckets: Buckets, reservation_id: str, amount: float, ttl: float) -> Miss | None:
+def _ledger_reserve(
+    db: sqlite3.Connection, buckets: Buckets, reservation_id: str, amount: float, ttl: float
+) -> Miss | None:
     now = time.time()
     db.execute("DELETE FROM budget_reservations WHERE created_at < ?", (now - ttl,))
     checks = [(i, *_ledger_bucket(db, scope, period, ttl, now)) for i, (scope, period, _) in enumerate(buckets)]
@@ -360,7 +364,9 @@ def _ledger_reserve(db: sqlite3.Connection, buckets: Buckets, reservation_id: st
     return None
 
 
-def _ledger_settle(db: sqlite3.Connection, reservation_id: str, buckets: Sequence[tuple[str, str]], actual: float) -> list[float]:
+def _ledger_settle(
+    db: sqlite3.Connection, reservation_id: str, buckets: Sequence[tuple[str, str]], actual: float
+) -> list[float]:
     now = time.time()
     db.execute("DELETE FROM budget_reservations WHERE id = ?", (reservation_id,))
     totals = []
@@ -386,7 +392,9 @@ def _spent(db: sqlite3.Connection, scope: str, period: str) -> float:
     return float(row[0]) if row else 0.0
 
 
-def _ledger_bucket(db: sqlite3.Connection, scope: str, period: str, ttl: float, now: float | None = None) -> tuple[float, float]:
+def _ledger_bucket(
+    db: sqlite3.Connection, scope: str, period: str, ttl: float, now: float | None = None
+) -> tuple[float, float]:
     row = db.execute(
         "SELECT COALESCE(SUM(amount), 0) FROM budget_reservations WHERE scope = ? AND period = ? AND created_at >= ?",
         (scope, period, (time.time() if now is None else now) - ttl),

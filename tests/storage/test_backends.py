@@ -163,7 +163,9 @@ def test_sqlite_ledger_across_processes_never_overbooks(tmp_path):
         "s = SQLiteStorage(sys.argv[1])\n"
         "print(sum(s.ledger_reserve([('race', 'p', 1.0)], uuid.uuid4().hex, 0.1, 600) is None for _ in range(10)))\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True) for _ in range(4)
+    ]
     booked = [int(p.communicate(timeout=120)[0]) for p in procs]
     assert sum(booked) == 10, booked
     assert SQLiteStorage(path).ledger_bucket("race", "p", 600) == (0.0, pytest.approx(1.0))
@@ -241,7 +243,7 @@ def test_redis_async_twins_work_from_several_event_loops(make):
 def test_an_unreachable_redis_is_a_storage_error_that_is_also_redis_own():
     import redis
 
-    with pytest.raises(StorageError, match="127.0.0.1:1") as info:
+    with pytest.raises(StorageError, match=r"127\.0\.0\.1:1") as info:
         RedisStorage("redis://127.0.0.1:1/0", socket_timeout=0.5)
     assert isinstance(info.value, redis.ConnectionError) and info.value.backend == "redis"
 

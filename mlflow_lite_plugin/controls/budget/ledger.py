@@ -12,17 +12,20 @@ background thread per process renews while calls run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 import time
 import uuid
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generator, Sequence, Union
+from typing import Any
 
 from mlflow_lite_plugin.controls.budget.errors import BudgetExceededError
 from mlflow_lite_plugin.core.errors import ArgumentError, check_number
+from mlflow_lite_plugin.storage.base import adrive, drive
 from mlflow_lite_plugin.storage.redis import RedisStorage
 from mlflow_lite_plugin.storage.sqlite import SQLiteStorage
 
@@ -67,10 +70,8 @@ class _Signal:
             self._cond.notify_all()
             futures, self._futures = self._futures, set()
         for loop, future in futures:
-            try:
+            with contextlib.suppress(RuntimeError):  # that event loop is closed
                 loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # that event loop is closed
-                pass
 
     def wait(self, seen: int, timeout: float) -> bool:
         """Block up to ``timeout`` seconds; True if a settle happened since ``seen``."""
@@ -235,7 +236,7 @@ class _Wait:
         self.version = version
 
 
-_Step = Union[_Try, _Wait]
+_Step = _Try | _Wait
 
 
 class Ledger:
@@ -267,38 +268,30 @@ class Ledger:
         fits every limit), wait up to ``max_wait`` seconds (None: no bound) for them to settle,
         retrying atomically. ``lease=True``: this process renews the reservation until it is
         settled (a call in flight); otherwise it lapses after ``reservation_ttl`` seconds."""
-        steps = self._reserving(buckets, amount, max_wait, lease)
-        reply: Any = None
-        while True:
-            try:
-                step = steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            if isinstance(step, _Try):
-                reply = self.storage.ledger_reserve(step.buckets, step.reservation.id, step.reservation.amount, self.reservation_ttl)
-            else:
-                reply = self._signal.wait(step.seen, step.pause) or self.storage.ledger_version() != step.version
+        return drive(self._reserving(buckets, amount, max_wait, lease), self._step)
 
     async def areserve_many(
         self, buckets: Buckets, amount: float, *, max_wait: float | None = 0.0, lease: bool = False
     ) -> Reservation:
         """:meth:`reserve_many` for asyncio: the storage's async twins, and waiting does not
         block the event loop."""
-        steps = self._reserving(buckets, amount, max_wait, lease)
-        reply: Any = None
-        while True:
-            try:
-                step = steps.send(reply)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            if isinstance(step, _Try):
-                reply = await self.storage.aledger_reserve(
-                    step.buckets, step.reservation.id, step.reservation.amount, self.reservation_ttl
-                )
-            else:
-                reply = await self._signal.await_change(step.seen, step.pause) or (
-                    await self.storage.aledger_version() != step.version
-                )
+        return await adrive(self._reserving(buckets, amount, max_wait, lease), self._astep)
+
+    def _step(self, step: _Step) -> Any:
+        if isinstance(step, _Try):
+            return self.storage.ledger_reserve(
+                step.buckets, step.reservation.id, step.reservation.amount, self.reservation_ttl
+            )
+        return self._signal.wait(step.seen, step.pause) or self.storage.ledger_version() != step.version
+
+    async def _astep(self, step: _Step) -> Any:
+        if isinstance(step, _Try):
+            return await self.storage.aledger_reserve(
+                step.buckets, step.reservation.id, step.reservation.amount, self.reservation_ttl
+            )
+        return await self._signal.await_change(step.seen, step.pause) or (
+            await self.storage.aledger_version() != step.version
+        )
 
     def _reserving(
         self, buckets: Buckets, amount: float, max_wait: float | None, lease: bool
