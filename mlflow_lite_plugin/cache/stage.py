@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import numbers
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -407,5 +408,5 @@ _NO_LOOKUPS = {"hits": 0, "misses": 0, "hit_rate": 0.0, "cost_saved": 0.0}
 
 def _asks_about_images(call: Call) -> bool:
     """Only the text is embedded, so "describe this image" would match any other image."""
-    last = next((m for m in reversed(call.request.messages) if m.get("role") == "user"), {})
+    last: Mapping[str, Any] = next((m for m in reversed(call.request.messages) if m.get("role") == "user"), {})
     return has_images(last.get("content"))

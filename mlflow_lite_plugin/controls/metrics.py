@@ -147,12 +147,14 @@ def _normalise(raw: Any) -> MetricResult:
         rationale = None if rationale is None else str(rationale)
     if hasattr(raw, "item") and callable(raw.item):  # numpy scalars
         raw = raw.item()
-    if isinstance(raw, bool) or isinstance(raw, str):
+    if isinstance(raw, (bool, str)):
         return MetricResult(raw, rationale)
     if isinstance(raw, (int, float)):
         if isinstance(raw, float) and not math.isfinite(raw):
             return MetricResult(None, rationale, error=f"returned {raw}, not a finite number")
         return MetricResult(raw, rationale)
     return MetricResult(
-        None, rationale, error=f"returned {type(raw).__name__}; a metric returns a bool, number, str or (value, rationale)"
+        None,
+        rationale,
+        error=f"returned {type(raw).__name__}; a metric returns a bool, number, str or (value, rationale)",
     )

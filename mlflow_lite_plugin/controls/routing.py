@@ -50,12 +50,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError, ProviderError, ValidationError
-from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.core.messages import content_text, last_user_text
+from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.core.response import Response
@@ -107,7 +108,7 @@ _MATH_EXPRESSION = re.compile(
     r"|\b\d*[a-z]\s*(\^|\*\*)\s*\d"  # a power of a variable: x^2, 3x**2
     r"|\b\d+\s*[a-z]\b\s*[-+=]"  # a coefficient and a variable: 3x + ...
     r"|\b[a-z]\s*[-+*/]\s*\d+\s*=|=\s*\d+\s*[-+*/]\s*[a-z]\b"  # an equation in a variable: x + 3 = 7
-    r"|\d\s*[-+*/×÷]\s*\(?\s*\d+(\.\d+)?\s*\)?\s*[-+*/×÷]\s*\(?\s*\d",  # arithmetic of 3+ terms
+    r"|\d\s*[-+*/×÷]\s*\(?\s*\d+(\.\d+)?\s*\)?\s*[-+*/×÷]\s*\(?\s*\d",  # arithmetic of 3+ terms  # noqa: RUF001 (the multiplication sign is meant)
     _FLAGS,
 )
 _MATH_TERMS = re.compile(
@@ -475,7 +476,7 @@ def _ask(
 ) -> Response:
     tags = {**(query_kwargs.get("tags") or {}), **decision.tags()}
     response = client.query(prompt, model=decision.model, messages=messages, **{**query_kwargs, "tags": tags})
-    response.routing = decision  # type: ignore[attr-defined]
+    response.routing = decision
     return response
 
 

@@ -386,7 +386,7 @@ class Pipeline:
             try:
                 chunk = next(source)
             except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+                return done.value
             try:
                 for stage in self.stages:
                     stage.on_chunk(call, chunk)

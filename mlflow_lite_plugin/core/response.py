@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.core.results import MetricResult, ValidationResult
@@ -111,7 +113,5 @@ class Stream:
     def __del__(self) -> None:
         if sys.is_finalizing():  # too late to trace: MLflow has shut down
             return
-        try:
+        with contextlib.suppress(Exception):  # never raise from a finaliser
             self.close()
-        except Exception:  # never raise from a finaliser
-            pass

@@ -39,13 +39,14 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError
-from mlflow_lite_plugin.tracing import schema
+from mlflow_lite_plugin.core.messages import content_text, last_user_text
 from mlflow_lite_plugin.feedback.human import (
     human_correction,
     human_ratings,
@@ -57,7 +58,7 @@ from mlflow_lite_plugin.feedback.human import (
     root_span,
     stopped_early,
 )
-from mlflow_lite_plugin.core.messages import content_text, last_user_text
+from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -30,12 +30,13 @@ import math
 import numbers
 import os
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError
-from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Stage
 from mlflow_lite_plugin.core.messages import content_text, last_user_text
+from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Settings, Stage
 from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.tracing.schema import CORRECTION, EXAMPLES_PREFIX, HUMAN, RATING, ROOT_SPANS
 
@@ -318,6 +319,35 @@ class _Stored:
     vector: np.ndarray
 
 
+@dataclass(frozen=True)
+class FeedbackLearningSettings(Settings):
+    """One ``set_feedback_learning`` call: ``max_examples`` put in front of a similar question (a
+    cosine of at least ``similarity``), learned from corrections and answers rated at least
+    ``min_rating``, versioned in the Prompt Registry when ``registry``.
+
+    ``enabled=False`` keeps the stage and its learned examples, neither used nor added to, so that
+    turning learning back on finds them: unlike the other controls, it is not removed."""
+
+    stage = "few_shot"
+    remove_when_disabled = False
+    enabled: bool = True
+    max_examples: int = 3
+    min_rating: float = 4
+    similarity: float = 0.5
+    registry: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "registry"):
+            if not isinstance(getattr(self, name), bool):
+                raise ArgumentError(name, f"must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.max_examples, int) or isinstance(self.max_examples, bool) or self.max_examples < 1:
+            raise ArgumentError("max_examples", f"must be an int >= 1, got {self.max_examples!r}")
+        if not _finite(self.min_rating):
+            raise ArgumentError("min_rating", f"must be a finite number, got {self.min_rating!r}")
+        if not _finite(self.similarity) or not -1 <= self.similarity <= 1:
+            raise ArgumentError("similarity", f"the threshold must be a cosine in [-1, 1], got {self.similarity!r}")
+
+
 class FeedbackLearner:
     """Few-shot examples learned from feedback, per scope, in memory and in the Prompt Registry.
 
@@ -340,27 +370,26 @@ class FeedbackLearner:
         max_stored: int = 100,
         model: str | None = None,
     ):
-        self.configure(enabled=enabled, max_examples=max_examples, min_rating=min_rating, threshold=threshold)
+        self.configure(FeedbackLearningSettings(enabled, max_examples, min_rating, threshold, registry))
         if not isinstance(max_stored, int) or isinstance(max_stored, bool) or max_stored < 1:
             raise ArgumentError("max_stored", f"must be an int >= 1, got {max_stored!r}")
-        self.registry = bool(registry)
         self.max_stored = max_stored
         self.model = model  # a sentence-transformers model; None: the bundled all-MiniLM-L6-v2
         self._scopes: dict[str, list[_Stored]] = {}
         self._lock = threading.Lock()
 
-    def configure(self, *, enabled: bool, max_examples: int, min_rating: float, threshold: float) -> None:
-        """Change the settings (checked first); learned examples are kept."""
-        if not isinstance(max_examples, int) or isinstance(max_examples, bool) or max_examples < 1:
-            raise ArgumentError("max_examples", f"must be an int >= 1, got {max_examples!r}")
-        if not _finite(min_rating):
-            raise ArgumentError("min_rating", f"must be a finite number, got {min_rating!r}")
-        if not _finite(threshold) or not -1 <= threshold <= 1:
-            raise ArgumentError("similarity", f"the threshold must be a cosine in [-1, 1], got {threshold!r}")
-        self.enabled = bool(enabled)
-        self.max_examples = max_examples
-        self.min_rating = min_rating
-        self.threshold = float(threshold)
+    def configure(self, settings: FeedbackLearningSettings) -> None:
+        """Change the settings (checked by the settings class); learned examples are kept."""
+        self.enabled = settings.enabled
+        self.max_examples = settings.max_examples
+        self.min_rating = settings.min_rating
+        self.threshold = float(settings.similarity)
+        self.registry = settings.registry
+
+    @property
+    def settings(self) -> FeedbackLearningSettings:
+        """The settings in force (``registry`` may have been changed on the learner directly)."""
+        return FeedbackLearningSettings(self.enabled, self.max_examples, self.min_rating, self.threshold, self.registry)
 
     # -- learning --
 
@@ -467,7 +496,7 @@ class FeedbackLearner:
         except Exception as exc:
             _logger.warning("Could not read few-shot examples %s from the Prompt Registry: %s", name, exc)
             published = []
-        snapshot = self._merge_in(scope_key(scope), published + [example])
+        snapshot = self._merge_in(scope_key(scope), [*published, example])
         try:
             _publish(scope, snapshot, template)
         except Exception as exc:
@@ -487,8 +516,8 @@ class FeedbackLearner:
             return [s.example for s in held]
 
     def _embedded(self, examples: list[Example]) -> list[_Stored]:
-        vectors = self._embedder().embed([e.question for e in examples]) if examples else []
-        return [_Stored(e, v) for e, v in zip(examples, vectors)]
+        vectors: Sequence[Any] = self._embedder().embed([e.question for e in examples]) if examples else []
+        return [_Stored(e, v) for e, v in zip(examples, vectors, strict=True)]
 
     def _embedder(self) -> Embedder:
         from mlflow_lite_plugin.cache.embeddings import get_embedder
@@ -526,14 +555,14 @@ def _registry_examples(name: str) -> list[Example]:
         return []
     pairs = [
         (q["content"], a["content"])
-        for q, a in zip(prompt.template[0::2], prompt.template[1::2])
+        for q, a in zip(prompt.template[0::2], prompt.template[1::2], strict=False)  # an odd last message has no pair
         if q.get("role") == "user" and a.get("role") == "assistant"
     ]
     sources = json.loads(prompt.tags.get(schema.EXAMPLES_SOURCES_TAG, "[]"))
     sources += [{}] * (len(pairs) - len(sources))  # a version edited by hand may lack them
     return [
         Example(question, answer, s.get("trace_id", ""), s.get("source", "correction"))
-        for (question, answer), s in zip(pairs, sources)
+        for (question, answer), s in zip(pairs, sources, strict=False)  # extra sources are ignored
     ]
 
 
@@ -590,16 +619,24 @@ class FewShotStage(Stage):
 
     name = "few_shot"
     order = STAGE_ORDER[name]
+    settings_type = FeedbackLearningSettings
 
     def __init__(self, learner: FeedbackLearner):
         self.learner = learner
 
+    @classmethod
+    def from_settings(
+        cls, settings: FeedbackLearningSettings, previous: Stage | None, **context: Any
+    ) -> FewShotStage:
+        """The installed stage reconfigured (its learned examples kept), or a new one."""
+        if isinstance(previous, FewShotStage):
+            previous.learner.configure(settings)
+            return previous
+        return cls(FeedbackLearner(settings.enabled, settings.max_examples, settings.min_rating,
+                                   settings.similarity, settings.registry))
+
     def describe(self) -> dict[str, Any]:
-        learner = self.learner
-        return {
-            "enabled": learner.enabled, "max_examples": learner.max_examples, "min_rating": learner.min_rating,
-            "similarity": learner.threshold, "registry": learner.registry,
-        }
+        return asdict(self.learner.settings)
 
     def before(self, call: Call) -> Response | None:
         if not self.learner.enabled:
@@ -658,11 +695,6 @@ def set_feedback_learning(
 ) -> FeedbackLearner:
     """Turn feedback learning on (or off) for a pipeline; returns its learner. Turning it off keeps
     the learned examples (in memory and in the registry) but neither uses nor adds to them."""
-    learner = learner_of(pipeline)
-    if learner is None:
-        learner = FeedbackLearner(enabled, max_examples, min_rating, similarity, registry)
-        pipeline.add(FewShotStage(learner))
-    else:
-        learner.configure(enabled=enabled, max_examples=max_examples, min_rating=min_rating, threshold=similarity)
-        learner.registry = bool(registry)
-    return learner
+    stage = pipeline.install(FeedbackLearningSettings(enabled, max_examples, min_rating, similarity, registry))
+    assert isinstance(stage, FewShotStage)  # the builder of these settings, kept when disabled
+    return stage.learner

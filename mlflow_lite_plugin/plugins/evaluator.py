@@ -22,16 +22,17 @@ import statistics
 import string
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from mlflow.models.evaluation.base import EvaluationResult, ModelEvaluator
 
 from mlflow_lite_plugin.client import get_default_client
-from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.controls.metrics import Metric, MetricResult
+from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.response import Response, usage_dict
 from mlflow_lite_plugin.feedback.human import numeric_ratings
 
@@ -324,7 +325,7 @@ def qa_scores(rows: Sequence[Row], targets: Sequence[Any]) -> dict[str, list[flo
     """Per-row ``exact_match`` and ``token_f1``: the best over a row's acceptable answers (a target
     may be a list); a row without an answer scores 0, as in SQuAD; a row without a target, None."""
     scores: dict[str, list[float | None]] = {"exact_match": [], "token_f1": []}
-    for row, target in zip(rows, targets):
+    for row, target in zip(rows, targets, strict=True):
         answers = _answers(target)
         for name, fn in (("exact_match", exact_match), ("token_f1", token_f1)):
             if not answers:

@@ -177,7 +177,9 @@ class ObservationStore:
         return [
             Observation(v, cost, latency, None if passed is None else bool(passed), json.loads(metrics), error,
                         trace_id, user_id, at)
-            for v, cost, latency, passed, metrics, error, trace_id, user_id, at in self.storage.rows("ab_observations", test)
+            for v, cost, latency, passed, metrics, error, trace_id, user_id, at in self.storage.rows(
+                "ab_observations", test
+            )
         ]
 
     def add_rating(self, test: str, trace_id: str, rating: float) -> None:
@@ -350,7 +352,7 @@ def _compare(
                                            min_samples, confidence, sequential))
     tested = [c for c in comparisons if c.p_value is not None]
     alpha = 1 - confidence
-    for c, adjusted in zip(tested, stats.holm([c.p_value for c in tested])):  # type: ignore[misc]
+    for c, adjusted in zip(tested, stats.holm([c.p_value for c in tested]), strict=True):  # type: ignore[misc]
         c.adjusted_p = adjusted
         c.significant = adjusted < alpha and c.diff != 0
         if c.significant:
@@ -499,7 +501,7 @@ class _Variant:
             _share_metrics(client, self.app.client)
             if "input" in variables and "input" not in self.app.variables:  # input fills the one variable
                 variables.setdefault(self.app.variables[0], variables.pop("input"))
-            return self.app.query(**variables, **kwargs)  # type: ignore[no-any-return]
+            return self.app.query(**variables, **kwargs)
         own = {k: v for k, v in (("model", self.model), ("system", self.system)) if v is not None}
         if self.template is not None:
             return client.query_with_template(self.template, **own, **variables, **kwargs)
@@ -891,7 +893,7 @@ def _weights(names: list[str], split: Any) -> dict[str, float]:
         raise ArgumentError("split", f"weights must sum to 1, got {sum(values):g}; give fractions such as [0.5, 0.5]")
     if sum(1 for v in values if v > 0) < 2:
         raise ArgumentError("split", "at least two variants need a positive weight to compare anything")
-    return {n: float(v) for n, v in zip(names, values)}
+    return {n: float(v) for n, v in zip(names, values, strict=True)}
 
 
 def _goals(goals: Any) -> dict[str, str]:
@@ -1078,6 +1080,6 @@ def _comparison_table(report: ABReport) -> str:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)

@@ -46,18 +46,19 @@ import logging
 import string
 import time
 from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from mlflow_lite_plugin.client import build_call_request, get_default_client
+from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
+from mlflow_lite_plugin.prompts.templates import BUILTIN_TEMPLATES, Template
 from mlflow_lite_plugin.security import credentials
 from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.tracing import tracer as tracing
 from mlflow_lite_plugin.tracing.store import safely
-from mlflow_lite_plugin.client import build_call_request, get_default_client
-from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
-from mlflow_lite_plugin.prompts.templates import BUILTIN_TEMPLATES, Template
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.core.response import Response

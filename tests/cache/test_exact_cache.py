@@ -12,7 +12,7 @@ import pytest
 
 import mlflow_lite_plugin as ml
 
-from tests.helpers import start_redis, get_trace
+from tests.helpers import get_trace, start_redis
 
 
 def _ask(client: ml.Client, prompt: str = "How do I reset my password?", **kw) -> ml.Response:
@@ -199,7 +199,9 @@ def test_sqlite_shared_by_concurrent_processes(tmp_path):
         """
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for n in range(4)
     ]
     outputs = [p.communicate(timeout=180) for p in procs]

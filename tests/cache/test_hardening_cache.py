@@ -18,7 +18,7 @@ import mlflow_lite_plugin as ml
 from mlflow_lite_plugin.cache import semantic as semantic_module
 from mlflow_lite_plugin.cache import verify as verify_module
 
-from tests.helpers import start_redis, get_trace
+from tests.helpers import get_trace, start_redis
 
 ORIGINAL = "How do I reset my password?"
 
@@ -46,7 +46,9 @@ def test_a_1mb_question_skips_the_semantic_cache_and_says_so(stub, openai_kw, mo
     verified = _spy(monkeypatch, semantic_module, "verify_pair")
     embedded: list[int] = []
     original_embed = Embedder.embed
-    monkeypatch.setattr(Embedder, "embed", lambda self, texts: embedded.extend(map(len, texts)) or original_embed(self, texts))
+    monkeypatch.setattr(
+        Embedder, "embed", lambda self, texts: embedded.extend(map(len, texts)) or original_embed(self, texts)
+    )
     client = ml.Client(model="gpt-4o", **openai_kw)
     client.set_semantic_cache(enabled=True)
     huge = "Please summarise this log line. " * 32_768  # 1 MiB
@@ -146,7 +148,8 @@ def test_verifier_reads_acronym_spans_once_per_side_not_once_per_name(monkeypatc
     original = verify_module._acronym_spans
     monkeypatch.setattr(verify_module, "_acronym_spans", lambda tokens: Spans(original(tokens)))
     # 40 names the other side lacks, among lower-case words (so the text is not in Title Case)
-    cached = " ".join(a for pair in zip(_words(3, 40, True), _words(5, 40, False), _words(6, 40, False)) for a in pair)
+    triples = zip(_words(3, 40, True), _words(5, 40, False), _words(6, 40, False), strict=True)
+    cached = " ".join(a for triple in triples for a in triple)
     query = " ".join(_words(4, 120, False))
     accepted, reason = verify_module.verify(cached, query, 0.99, threshold=0.7)
     assert not accepted and reason.startswith("name/identifier without counterpart"), reason
@@ -236,7 +239,8 @@ def test_breaker_ignores_errors_that_are_answers():
 def test_breaker_settings_are_checked():
     from mlflow_lite_plugin.cache.backends import BreakerSettings
 
-    for kwargs, argument in (({"failures": 0}, "failures"), ({"cooldown": 0}, "cooldown"), ({"failures": True}, "failures")):
+    bad = (({"failures": 0}, "failures"), ({"cooldown": 0}, "cooldown"), ({"failures": True}, "failures"))
+    for kwargs, argument in bad:
         with pytest.raises(ml.ArgumentError) as info:
             BreakerSettings(**kwargs)
         assert info.value.argument == argument
@@ -366,7 +370,7 @@ def test_flipped_bytes_in_the_index_are_refused_naming_the_file(saved_cache, tmp
     for offset in range(middle, middle + 8):
         data[offset] ^= 0xFF
     index.write_bytes(bytes(data))
-    with pytest.raises(SemanticCacheError, match="index.faiss.*checksum") as info:
+    with pytest.raises(SemanticCacheError, match=r"index\.faiss.*checksum") as info:
         SemanticCache.load(directory)
     assert info.value.path == str(index)
 
@@ -394,7 +398,7 @@ def test_malformed_checksums_name_the_entries_file(saved_cache, tmp_path):
     document = json.loads(entries.read_text())
     for bad in ({"index.faiss": "md5:abc"}, ["sha256:abc"], {"index.faiss": 1}):
         entries.write_text(json.dumps({**document, "checksums": bad}))
-        with pytest.raises(SemanticCacheError, match="entries.json.*checksums"):
+        with pytest.raises(SemanticCacheError, match=r"entries\.json.*checksums"):
             SemanticCache.load(directory)
     entries.write_text(json.dumps(document))
     assert SemanticCache.load(directory, max_query_chars=50).max_query_chars == 50

@@ -342,21 +342,21 @@ def test_load_errors_name_the_file(tmp_path, embedder) -> None:
     cache.save(tmp_path / "ok")
     entries, index = tmp_path / "ok" / "entries.json", tmp_path / "ok" / "index.faiss"
 
-    with pytest.raises(SemanticCacheError, match="entries.json"):
+    with pytest.raises(SemanticCacheError, match=r"entries\.json"):
         SemanticCache.load(tmp_path / "missing")
     good_index = index.read_bytes()
     index.write_bytes(good_index[: len(good_index) // 2])
-    with pytest.raises(SemanticCacheError, match="index.faiss") as info:
+    with pytest.raises(SemanticCacheError, match=r"index\.faiss") as info:
         SemanticCache.load(tmp_path / "ok")
     assert info.value.path == str(index)
     index.unlink()
-    with pytest.raises(SemanticCacheError, match="index.faiss.*missing"):
+    with pytest.raises(SemanticCacheError, match=r"index\.faiss.*missing"):
         SemanticCache.load(tmp_path / "ok")
     index.write_bytes(good_index)
 
     good_json = entries.read_text()
     entries.write_text(good_json[:-10])
-    with pytest.raises(SemanticCacheError, match="entries.json"):
+    with pytest.raises(SemanticCacheError, match=r"entries\.json"):
         SemanticCache.load(tmp_path / "ok")
     document = json.loads(good_json)
     for change, message in (
@@ -368,7 +368,7 @@ def test_load_errors_name_the_file(tmp_path, embedder) -> None:
         with pytest.raises(SemanticCacheError, match=message):
             SemanticCache.load(tmp_path / "ok")
     entries.write_text(good_json)
-    with pytest.raises(SemanticCacheError, match="entries.json.*model"):
+    with pytest.raises(SemanticCacheError, match=r"entries\.json.*model"):
         SemanticCache.load(tmp_path / "ok", model="some/other-model")
     assert len(SemanticCache.load(tmp_path / "ok")) == 1
 

@@ -256,7 +256,7 @@ def test_messages_name_what_went_wrong():
 
 def test_boundaries_inside_escapes_literals_numbers_and_the_fence():
     pieces = ["```", "js", "on", "\r", "\n", '{"a', "\\", "u0", "0e", "9", "\\", 'n"', ": [tr", "ue, -", "1", ".", "5e"]
-    run(None, pieces + ["+", "3, n", "ull]}", "\n`", "``", "\n"])
+    run(None, [*pieces, "+", "3, n", "ull]}", "\n`", "``", "\n"])
     with pytest.raises(StreamViolation) as info:
         run(None, ['["', "\\", "q"])
     assert info.value.read == 4

@@ -164,7 +164,7 @@ def test_python_api_of_the_native_flavor(tmp_path, stub, api_key):
 
 def test_missing_column_and_empty_values_name_the_problem(tmp_path, stub, api_key):
     app = ml.load_model(save(tmp_path / "bot", stub))
-    with pytest.raises(MlflowException, match="missing column.*'question'") as info:
+    with pytest.raises(MlflowException, match=r"missing column.*'question'") as info:
         app.predict(pd.DataFrame({"q": ["x"]}))
     assert info.value.error_code == "INVALID_PARAMETER_VALUE"
     with pytest.raises(MlflowException, match="row 1: column 'question' is empty"):
@@ -187,11 +187,11 @@ def test_no_secret_is_ever_written(tmp_path, stub, monkeypatch):
             assert secret.encode() not in file.read_bytes(), file
     with pytest.raises(MlflowException, match="api_key"):
         save(tmp_path / "leaky", stub, params={"api_key": secret})
-    with pytest.raises(MlflowException, match="params.provider_params.api_key"):
+    with pytest.raises(MlflowException, match=r"params\.provider_params\.api_key"):
         save(tmp_path / "leaky3", stub, params={"provider_params": {"api_key": secret}})
-    with pytest.raises(MlflowException, match="params.api_base"):
+    with pytest.raises(MlflowException, match=r"params\.api_base"):
         save(tmp_path / "leaky4", stub, params={"api_base": f"http://user:{secret}@localhost:9/v1"})
-    with pytest.raises(MlflowException, match="cache.url holds a credential"):
+    with pytest.raises(MlflowException, match=r"cache\.url holds a credential"):
         save(tmp_path / "leaky2", stub, cache={"backend": "redis", "url": "redis://:hunter2@localhost:6379/0"})
     assert not (tmp_path / "leaky").exists() and not (tmp_path / "leaky2").exists()
 
@@ -291,9 +291,8 @@ def test_provider_failures_map_to_http_statuses(tmp_path, stub, api_key, fault, 
 
 def test_log_model_refuses_credentials_before_logging_anything(stub):
     secret = "sk-pw-" + uuid.uuid4().hex
-    with mlflow.start_run() as run:
-        with pytest.raises(MlflowException, match="params.api_base"):
-            ml.log_model(name="leaky", model="gpt-4o", prompt=PROMPT, params={"api_base": f"http://u:{secret}@h/v1"})
+    with mlflow.start_run() as run, pytest.raises(MlflowException, match=r"params\.api_base"):
+        ml.log_model(name="leaky", model="gpt-4o", prompt=PROMPT, params={"api_base": f"http://u:{secret}@h/v1"})
     logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert all(secret not in json.dumps(m.params) for m in logged)
 

@@ -471,7 +471,7 @@ def fake_server(request, monkeypatch):
 
 def test_a_server_without_auth_means_the_local_user_and_an_old_auth_app_is_refused(fake_server):
     if fake_server.old_auth:
-        with pytest.raises(MlflowLiteError, match="upgrade it to MLflow 3.17"):
+        with pytest.raises(MlflowLiteError, match=r"upgrade it to MLflow 3\.17"):
             current_user()
     else:
         assert current_user() == Identity("owner", is_admin=False, authenticated=False)

@@ -202,7 +202,7 @@ def test_an_altered_record_or_rules_do_not_verify(prompt, act_as):
     act_as("editor")
     client = MlflowClient()
     client.set_prompt_version_tag(prompt, "2", "mlflow_lite_validate", '{"max_length": 100000}')
-    with pytest.raises(ml.UnverifiedApprovalError, match="validation rules .* changed after it was approved"):
+    with pytest.raises(ml.UnverifiedApprovalError, match=r"validation rules .* changed after it was approved"):
         ml.verify_approval(prompt, 2)
     client.set_prompt_version_tag(prompt, "2", "mlflow_lite_validate", '{"max_length": 400}')
     assert ml.verify_approval(prompt, 2).approved_by == "owner"  # the approved rules again
@@ -320,7 +320,7 @@ def test_missing_versions_and_aliases_are_argument_errors():
 def test_ml_promote_points_a_prompt_at_the_approval_workflow():
     name = unique()
     register_template(name, TEXT_V1)
-    with pytest.raises(ml.ArgumentError, match="is a prompt: .*ml.promote_prompt") as exc:
+    with pytest.raises(ml.ArgumentError, match=r"is a prompt: .*ml\.promote_prompt") as exc:
         ml.promote(name, 1, alias="production")
     assert exc.value.argument == "name"
     assert alias_target(name, "production") is None

@@ -504,7 +504,7 @@ class BudgetStage(Stage):
             call.span.add_event("budget_settle_failed", {"error": repr(exc), "spent_usd": actual})
             return
         attributes: dict[str, Any] = {schema.BUDGET_CHARGED_USD: actual}
-        for (period, limit), total in zip(held.periods, totals):
+        for (period, limit), total in zip(held.periods, totals, strict=True):
             attributes[schema.budget_spent_attribute(period.name)] = total
             attributes[schema.budget_limit_attribute(period.name)] = limit
             self._fire(call, held.scope, period, limit, total)

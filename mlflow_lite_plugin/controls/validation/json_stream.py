@@ -46,7 +46,14 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = frozenset('"\\/bfnrt')
 _KIND_OF_FIRST = {"{": "object", "[": "array", '"': "string", "t": "boolean", "f": "boolean", "n": "null"}
 _KIND_OF_FIRST.update(dict.fromkeys("-0123456789", "number"))
-_LITERALS = {"t": ("true", True), "f": ("false", False), "n": ("null", None)}
+_LITERALS: dict[str, tuple[str, bool | None]] = {"t": ("true", True), "f": ("false", False), "n": ("null", None)}
+
+
+def _run_end(run: re.Pattern[str], chunk: str, i: int) -> int:
+    """Where ``run`` (one of the starred runs above, which match the empty string too) stops from ``i``."""
+    found = run.match(chunk, i)
+    assert found is not None  # a starred pattern always matches
+    return found.end()
 _A = {"object": "an object", "array": "an array", "string": "a string", "number": "a number",
       "integer": "an integer", "boolean": "a boolean", "null": "null"}
 
@@ -324,7 +331,7 @@ class JsonStreamChecker:
         self._escape = 0  # 0: none, 1: after a backslash, 2: in \uXXXX
         self._hex = ""
         self._number_state = _N_SIGN
-        self._literal = ("", None)
+        self._literal: tuple[str, bool | None] = ("", None)
         self._literal_pos = 0
         self._handlers = {
             _START: self._on_start, _FENCE: self._on_fence, _VALUE: self._on_value,
@@ -373,7 +380,7 @@ class JsonStreamChecker:
     # -- around the document --
 
     def _on_start(self, chunk: str, i: int) -> int:
-        i = _ANY_WS_RUN.match(chunk, i).end()
+        i = _run_end(_ANY_WS_RUN, chunk, i)
         if i < len(chunk):
             if chunk[i] == "`":
                 self._state = _FENCE
@@ -402,7 +409,7 @@ class JsonStreamChecker:
         return i + 1
 
     def _on_trailer(self, chunk: str, i: int) -> int:
-        i = _ANY_WS_RUN.match(chunk, i).end()
+        i = _run_end(_ANY_WS_RUN, chunk, i)
         if i < len(chunk):
             if chunk[i] != "`" or not self._fenced:
                 self._fail("json", f"extra data after the JSON document at character {self._base + i}: {chunk[i]!r}")
@@ -418,7 +425,7 @@ class JsonStreamChecker:
         return i + 1
 
     def _on_done(self, chunk: str, i: int) -> int:
-        i = _ANY_WS_RUN.match(chunk, i).end()
+        i = _run_end(_ANY_WS_RUN, chunk, i)
         if i < len(chunk):
             self._fail("json", f"extra data after the closing ``` fence at character {self._base + i}: {chunk[i]!r}")
         return i
@@ -426,7 +433,7 @@ class JsonStreamChecker:
     # -- structure --
 
     def _on_value(self, chunk: str, i: int) -> int:
-        i = (_JSON_WS_RUN if self._stack else _ANY_WS_RUN).match(chunk, i).end()
+        i = _run_end((_JSON_WS_RUN if self._stack else _ANY_WS_RUN), chunk, i)
         if i == len(chunk):
             return i
         c = chunk[i]
@@ -449,7 +456,7 @@ class JsonStreamChecker:
         return i + 1
 
     def _on_object_first(self, chunk: str, i: int) -> int:
-        i = _JSON_WS_RUN.match(chunk, i).end()
+        i = _run_end(_JSON_WS_RUN, chunk, i)
         if i < len(chunk):
             if chunk[i] == "}":
                 self._close()
@@ -461,7 +468,7 @@ class JsonStreamChecker:
         return i
 
     def _on_object_key(self, chunk: str, i: int) -> int:
-        i = _JSON_WS_RUN.match(chunk, i).end()
+        i = _run_end(_JSON_WS_RUN, chunk, i)
         if i < len(chunk):
             if chunk[i] != '"':
                 self._unexpected(chunk, i, "a key in double quotes", self._path()[:-1])  # the object's path
@@ -470,7 +477,7 @@ class JsonStreamChecker:
         return i
 
     def _on_colon(self, chunk: str, i: int) -> int:
-        i = _JSON_WS_RUN.match(chunk, i).end()
+        i = _run_end(_JSON_WS_RUN, chunk, i)
         if i < len(chunk):
             if chunk[i] != ":":
                 self._unexpected(chunk, i, "':'")
@@ -479,7 +486,7 @@ class JsonStreamChecker:
         return i
 
     def _on_array_first(self, chunk: str, i: int) -> int:
-        i = _JSON_WS_RUN.match(chunk, i).end()
+        i = _run_end(_JSON_WS_RUN, chunk, i)
         if i < len(chunk):
             if chunk[i] == "]":
                 self._close()
@@ -489,7 +496,7 @@ class JsonStreamChecker:
         return i
 
     def _on_after(self, chunk: str, i: int) -> int:
-        i = _JSON_WS_RUN.match(chunk, i).end()
+        i = _run_end(_JSON_WS_RUN, chunk, i)
         if i == len(chunk):
             return i
         frame = self._stack[-1]
@@ -566,7 +573,7 @@ class JsonStreamChecker:
         end = len(chunk)
         while i < end:
             if self._escape == 0:
-                j = _STRING_RUN.match(chunk, i).end()
+                j = _run_end(_STRING_RUN, chunk, i)
                 if j > i:
                     self._keep(chunk[i:j], j - i)
                     i = j
@@ -628,7 +635,7 @@ class JsonStreamChecker:
         while i < end:
             c, state = chunk[i], self._number_state
             if state in (_N_INT, _N_FRAC, _N_EXP) and "0" <= c <= "9":
-                j = _DIGIT_RUN.match(chunk, i).end()
+                j = _run_end(_DIGIT_RUN, chunk, i)
                 self._parts.append(chunk[i:j])
                 i = j
                 continue

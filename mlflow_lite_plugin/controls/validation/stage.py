@@ -14,12 +14,13 @@ so an invalid answer is never cached.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from mlflow_lite_plugin.core.errors import ValidationError
 from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Stage, StopStream
-from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.core.results import StreamViolation, ValidationResult
+from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.controls.validation.rules import Validator
