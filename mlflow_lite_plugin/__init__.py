@@ -90,7 +90,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):  # noqa: ANN202
+def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 

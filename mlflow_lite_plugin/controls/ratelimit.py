@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from mlflow_lite_plugin.core import deadline
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, check_number
