@@ -6,31 +6,33 @@ import functools
 import inspect
 import json
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from mlflow_lite_plugin.tracing import schema
-from mlflow_lite_plugin.tracing import tracer as tracing_module
 from mlflow_lite_plugin.cache.stage import CacheSettings, CacheStage, SemanticCacheSettings, SemanticCacheStage
 from mlflow_lite_plugin.cache.stats import CacheStats
-from mlflow_lite_plugin.core.batch import BatchItem, check_concurrency, gather_bounded, item_kwargs, run_sync
-from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
-from mlflow_lite_plugin.controls.metrics import Metrics, MetricsStage
-from mlflow_lite_plugin.core.model_names import ModelResolver
-from mlflow_lite_plugin.core.pipeline import Call, Pipeline, Settings, Stage, chat_inputs
 from mlflow_lite_plugin.controls.budget import stage as budget_module
 from mlflow_lite_plugin.controls.budget.settings import DEFAULT_MAX_WAIT, BudgetSettings
-from mlflow_lite_plugin.core.pricing import Pricing
+from mlflow_lite_plugin.controls.metrics import Metrics, MetricsStage
 from mlflow_lite_plugin.controls.ratelimit import RateLimitSettings
+from mlflow_lite_plugin.controls.validation.stage import ValidationStage, parse_rules
+from mlflow_lite_plugin.core.batch import BatchItem, check_concurrency, gather_bounded, item_kwargs, run_sync
+from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
+from mlflow_lite_plugin.core.model_names import ModelResolver
+from mlflow_lite_plugin.core.pipeline import Call, Pipeline, Settings, Stage, chat_inputs
+from mlflow_lite_plugin.core.pricing import Pricing
 from mlflow_lite_plugin.core.providers import Provider
 from mlflow_lite_plugin.core.request import build_request
 from mlflow_lite_plugin.core.response import Response, Stream, usage_dict
-from mlflow_lite_plugin.controls.validation.stage import ValidationStage, parse_rules
+from mlflow_lite_plugin.tracing import schema
+from mlflow_lite_plugin.tracing import tracer as tracing_module
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.cache.semantic import SemanticCache
     from mlflow_lite_plugin.controls.routing import Router
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Client:
@@ -609,7 +611,7 @@ def _as_list(spec: Any) -> list[Any]:
     return list(spec) if isinstance(spec, list) else [spec]
 
 
-def _one_liner(method: F) -> F:
+def _one_liner(method: Callable[Concatenate[Client, P], R]) -> Callable[P, R]:
     """A module-level function that calls ``method`` on the default client."""
     name = method.__name__
     if inspect.iscoroutinefunction(method):
@@ -628,7 +630,7 @@ def _one_liner(method: F) -> F:
         wrapper = delegate
     params = list(inspect.signature(method).parameters.values())[1:]  # drop self
     wrapper.__signature__ = inspect.signature(method).replace(parameters=params)
-    return wrapper  # type: ignore[no-any-return]
+    return wrapper
 
 
 query = _one_liner(Client.query)
