@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError, ProviderError, ValidationError
 from mlflow_lite_plugin.core.messages import content_text, last_user_text
+from mlflow_lite_plugin.core.pipeline import Settings
 from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
@@ -321,14 +322,35 @@ class RoutingDecision:
         return tags
 
 
-class Router:
-    """Tiers of models, cheapest first (default ``DEFAULT_TIERS``), and the complexity cut-offs
-    between them (``thresholds``: ascending, one fewer than the tiers; default: see the module
-    docstring).
+@dataclass(frozen=True)
+class RoutingSettings(Settings):
+    """One ``set_routing`` call: model ``tiers``, cheapest first (None: ``DEFAULT_TIERS``), the
+    complexity cut-offs between them (``thresholds``: ascending, one fewer than the tiers; None: see
+    the module docstring) and the ``fallback`` tier a failed cheaper answer is upgraded to (None:
+    never upgrade; "quality": the best tier unless a tier has that name).
 
-    ``fallback`` is the tier an answer that fails on a cheaper tier is upgraded to (None: never
-    upgrade); "quality" means the best tier unless a tier has that name.
-    """
+    The router is not a pipeline stage: it runs around calls (``smart_query`` picks the model, then
+    may ask a second time), not inside one, so these settings build a :class:`Router` held by the
+    client, not a stage ``install`` adds."""
+
+    stage = "routing"
+    tiers: Mapping[str, str] | None = None
+    thresholds: Sequence[float] | None = None
+    fallback: str | None = "quality"
+
+    def __post_init__(self) -> None:
+        tiers = _check_tiers(DEFAULT_TIERS if self.tiers is None else self.tiers)
+        if self.tiers is not None:
+            object.__setattr__(self, "tiers", tiers)  # a plain dict: saved and shown as given
+        if self.thresholds is not None:
+            object.__setattr__(self, "thresholds", _check_thresholds(self.thresholds, len(tiers)))
+        if self.fallback is not None:
+            _tier_named(tiers, self.fallback, "fallback", _FALLBACK_LEVELS, also=(None,))
+
+
+class Router:
+    """Tiers of models, cheapest first, the complexity cut-offs between them and the upgrade tier
+    (see :class:`RoutingSettings`, which checks them)."""
 
     def __init__(
         self,
@@ -337,11 +359,16 @@ class Router:
         thresholds: Sequence[float] | None = None,
         fallback: str | None = "quality",
     ):
-        self.tiers = _check_tiers(DEFAULT_TIERS if tiers is None else tiers)
-        self.thresholds = _check_thresholds(thresholds, len(self.tiers))
-        if fallback is not None:
-            self.tier_named(fallback, "fallback", _FALLBACK_LEVELS, also=(None,))
+        settings = RoutingSettings(tiers, thresholds, fallback)
+        self.tiers = dict(DEFAULT_TIERS if settings.tiers is None else settings.tiers)
+        self.thresholds = (
+            _default_thresholds(len(self.tiers)) if settings.thresholds is None else list(settings.thresholds)
+        )
         self.fallback = fallback
+
+    def describe(self) -> dict[str, Any]:
+        """The routing in force (tiers, cut-offs, fallback), as a stage's ``describe()`` is."""
+        return {"tiers": dict(self.tiers), "thresholds": list(self.thresholds), "fallback": self.fallback}
 
     def __repr__(self) -> str:
         return f"Router(tiers={self.tiers!r}, thresholds={self.thresholds!r}, fallback={self.fallback!r})"
@@ -387,12 +414,19 @@ class Router:
 
     def tier_named(self, name: Any, argument: str, levels: Mapping[str, int], also: Sequence[Any] = ()) -> str:
         """A tier name, or a level word of ``levels`` (word -> tier index: "low" -> 0, "high" -> -1)."""
-        if isinstance(name, str) and name in self.tiers:
-            return name
-        if isinstance(name, str) and name in levels:
-            return self.names[levels[name]]
-        choices = ", ".join(repr(choice) for choice in (*also, *levels, *self.names))
-        raise ArgumentError(argument, f"must be one of {choices}; got {name!r}")
+        return _tier_named(self.tiers, name, argument, levels, also)
+
+
+def _tier_named(
+    tiers: Mapping[str, str], name: Any, argument: str, levels: Mapping[str, int], also: Sequence[Any] = ()
+) -> str:
+    if isinstance(name, str) and name in tiers:
+        return name
+    names = list(tiers)
+    if isinstance(name, str) and name in levels:
+        return names[levels[name]]
+    choices = ", ".join(repr(choice) for choice in (*also, *levels, *names))
+    raise ArgumentError(argument, f"must be one of {choices}; got {name!r}")
 
 
 def _check_tiers(tiers: Any) -> dict[str, str]:
@@ -406,12 +440,14 @@ def _check_tiers(tiers: Any) -> dict[str, str]:
     return dict(tiers)
 
 
+def _default_thresholds(tiers: int) -> list[float]:
+    if tiers <= 2:
+        return [DEFAULT_THRESHOLD] * (tiers - 1)
+    step = (_TOP_THRESHOLD - DEFAULT_THRESHOLD) / (tiers - 2)
+    return [round(DEFAULT_THRESHOLD + i * step, 3) for i in range(tiers - 1)]
+
+
 def _check_thresholds(thresholds: Any, tiers: int) -> list[float]:
-    if thresholds is None:
-        if tiers <= 2:
-            return [DEFAULT_THRESHOLD] * (tiers - 1)
-        step = (_TOP_THRESHOLD - DEFAULT_THRESHOLD) / (tiers - 2)
-        return [round(DEFAULT_THRESHOLD + i * step, 3) for i in range(tiers - 1)]
     bad = ArgumentError(
         "thresholds",
         f"must be {tiers - 1} ascending score cut-offs in (0, 1], one per tier after the first; got {thresholds!r}",

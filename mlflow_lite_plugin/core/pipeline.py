@@ -156,9 +156,11 @@ class Settings:
     only validator (raising :class:`ArgumentError`). ``to_dict()`` holds the fields that differ
     from their defaults (what a flavor model saves); ``from_dict`` rebuilds the settings, naming a
     misspelt key. The stage class naming it as its ``settings_type`` builds the stage; a field
-    ``enabled=False`` removes that stage instead."""
+    ``enabled=False`` removes that stage instead (unless ``remove_when_disabled`` is False: a
+    stage that keeps what it learned while off)."""
 
     stage: ClassVar[str]  # the name of the stage these settings build
+    remove_when_disabled: ClassVar[bool] = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -263,7 +265,7 @@ class Pipeline:
     def install(self, settings: Settings, **context: Any) -> Stage | None:
         """Turn a control on (or replace it) with the stage ``settings`` build, or remove it
         (``enabled=False``); returns the installed stage."""
-        if not getattr(settings, "enabled", True):
+        if not getattr(settings, "enabled", True) and settings.remove_when_disabled:
             self.remove(settings.stage)
             return None
         builder = _BUILDERS.get(type(settings))

@@ -12,9 +12,12 @@ import mlflow_lite_plugin as ml
 from mlflow_lite_plugin.cache.stage import CacheSettings, SemanticCacheSettings
 from mlflow_lite_plugin.controls.budget.settings import BudgetSettings
 from mlflow_lite_plugin.controls.ratelimit import RateLimitSettings
+from mlflow_lite_plugin.controls.routing import RoutingSettings
 from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Settings
+from mlflow_lite_plugin.feedback.human import FeedbackLearningSettings, FewShotStage
 
-ALL = [CacheSettings, SemanticCacheSettings, BudgetSettings, RateLimitSettings]
+ALL = [CacheSettings, SemanticCacheSettings, BudgetSettings, RateLimitSettings, FeedbackLearningSettings,
+       RoutingSettings]
 
 
 # -- settings: validated once, frozen, saved and rebuilt --
@@ -38,6 +41,17 @@ ALL = [CacheSettings, SemanticCacheSettings, BudgetSettings, RateLimitSettings]
         (lambda: RateLimitSettings(requests_per_minute=-1), "requests_per_minute"),
         (lambda: RateLimitSettings(60, backend="redis"), "url"),
         (lambda: RateLimitSettings(60, model=""), "model"),
+        (lambda: FeedbackLearningSettings(max_examples=0), "max_examples"),
+        (lambda: FeedbackLearningSettings(max_examples=2.5), "max_examples"),
+        (lambda: FeedbackLearningSettings(min_rating=float("nan")), "min_rating"),
+        (lambda: FeedbackLearningSettings(similarity=1.5), "similarity"),
+        (lambda: FeedbackLearningSettings(enabled="no"), "enabled"),
+        (lambda: FeedbackLearningSettings(registry=1), "registry"),
+        (lambda: RoutingSettings({}), "tiers"),
+        (lambda: RoutingSettings({"auto": "gpt-4o"}), "tiers"),
+        (lambda: RoutingSettings(thresholds=[0.5, 0.7]), "thresholds"),
+        (lambda: RoutingSettings(thresholds=[True]), "thresholds"),
+        (lambda: RoutingSettings(fallback="best"), "fallback"),
     ],
 )
 def test_bad_settings_name_the_argument(make, argument):
@@ -64,6 +78,8 @@ def test_a_misspelt_key_gets_a_suggestion():
         BudgetSettings(daily_limit=10.0, monthly_limit=200, scope="tag:user", max_wait=None),
         BudgetSettings(enabled=False),
         RateLimitSettings(60, tokens_per_minute=30_000, model="gpt-4o", max_wait=5),
+        FeedbackLearningSettings(enabled=False, max_examples=2, min_rating=5, similarity=0.6, registry=False),
+        RoutingSettings({"s": "gpt-4o-mini", "m": "gpt-4o", "l": "o1"}, thresholds=[0.2, 0.6], fallback=None),
     ],
 )
 def test_to_dict_holds_what_differs_from_the_defaults_and_rebuilds_the_same_settings(settings):
@@ -198,3 +214,53 @@ def test_the_flavor_saves_each_controls_to_dict(tmp_path, stub):
     assert config["cache"] == CacheSettings(ttl=60).to_dict() == {"ttl": 60}
     assert config["rate_limit"] == {"requests_per_minute": 60}
     assert config["budget"] == {"daily_limit": 2, "path": str(tmp_path / "b.db")}
+
+
+# -- feedback learning and routing: settings of their own --
+
+
+def test_misspelt_feedback_learning_and_routing_keys_get_a_suggestion():
+    with pytest.raises(ml.ArgumentError, match=r"did you mean 'similarity'\?") as raised:
+        FeedbackLearningSettings.from_dict({"similarty": 0.6})
+    assert raised.value.argument == "few_shot.similarty"
+    with pytest.raises(ml.ArgumentError, match=r"did you mean 'thresholds'\?"):
+        RoutingSettings.from_dict({"threshold": [0.5]}, argument="routing")
+
+
+def test_set_feedback_learning_refuses_a_switch_that_is_not_a_bool():
+    """Regression: ``enabled="no"`` was read as ``bool("no")`` and turned learning on."""
+    client = ml.Client()
+    with pytest.raises(ml.ArgumentError) as raised:
+        client.set_feedback_learning(enabled="no", registry=False)
+    assert raised.value.argument == "enabled"
+    assert "few_shot" not in [stage.name for stage in client.pipeline.stages]
+
+
+def test_feedback_learning_is_installed_and_stays_while_off(client):
+    stage = client.install(FeedbackLearningSettings(max_examples=2, registry=False))
+    assert isinstance(stage, FewShotStage) and client.pipeline.get("few_shot") is stage
+    assert stage.describe() == {
+        "enabled": True, "max_examples": 2, "min_rating": 4, "similarity": 0.5, "registry": False,
+    }
+    learner = client.set_feedback_learning(enabled=False, registry=False)  # the seed API is install(...)
+    assert client.pipeline.get("few_shot") is stage and learner is stage.learner and not learner.enabled
+    assert repr(stage) == "FewShotStage(enabled=False, max_examples=3, min_rating=4, similarity=0.5, registry=False)"
+    row = next(row for row in client.pipeline.described() if row["name"] == "few_shot")
+    assert row["settings"] == stage.describe() and row["group"] == "few_shot"
+    with pytest.raises(ml.ArgumentError, match="similarity"):
+        client.set_feedback_learning(similarity=2)
+    assert stage.describe()["enabled"] is False  # refused before anything changed
+
+
+def test_the_router_describes_itself_but_is_no_stage(client):
+    client.set_routing({"cheap": "gpt-4o-mini", "mid": "gpt-4o", "best": "o1"}, fallback="best")
+    router = client.router
+    assert router.describe() == {
+        "tiers": {"cheap": "gpt-4o-mini", "mid": "gpt-4o", "best": "o1"}, "thresholds": [0.35, 0.7], "fallback": "best",
+    }
+    with pytest.raises(ml.ArgumentError, match="'cheap', 'mid', 'best'; got 'fastest'") as raised:
+        client.set_routing({"cheap": "gpt-4o-mini", "mid": "gpt-4o", "best": "o1"}, fallback="fastest")
+    assert raised.value.argument == "fallback" and client.router is router
+    assert "routing" not in [stage.name for stage in client.pipeline.stages]
+    with pytest.raises(ml.ArgumentError, match="no stage is built from RoutingSettings"):
+        client.install(RoutingSettings())
