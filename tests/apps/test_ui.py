@@ -302,6 +302,29 @@ def test_dashboard_api_lists_every_installed_control(ui):
     assert set(controls["exact_cache"]["status"]) == {"hits", "misses", "hit_rate", "cost_saved"}
 
 
+def test_dashboard_page_shows_a_stage_added_with_add_stage(page, ui):
+    """The Controls panel lists every installed stage from /api/dashboard, a third-party one too, as
+    text: markup in a stage's settings is shown, never run."""
+
+    class Marked(Moderation):
+        def describe(self):
+            return {"blocklist": "<img src=x onerror=window.pwned=1>"}
+
+    ui.client.add_stage(Marked())
+    try:
+        open_page(page, ui, "dashboard")
+        row = page.wait_for_selector('#controls tr[data-control="moderation"]')
+        text = row.text_content()
+        assert "moderation" in text and "350" in text and "blocked: 0" in text
+        assert "blocklist=<img src=x onerror=window.pwned=1>" in text
+        assert page.query_selector("#controls img") is None and page.evaluate("() => window.pwned") is None
+        names = page.eval_on_selector_all("#controls tr[data-control]", "rows => rows.map((r) => r.dataset.control)")
+        assert names == ["exact_cache", "moderation", "budget"]  # pipeline order, built-ins alike
+        assert "daily=5.0 USD" in page.text_content('#controls tr[data-control="budget"]')
+    finally:
+        ui.client.pipeline.remove("moderation")
+
+
 def test_no_secret_in_any_response(ui, stub):
     """No API key or provider endpoint in any page, asset or API response, even where MLflow's
     trace holds the endpoint and where a provider's text quotes the key."""

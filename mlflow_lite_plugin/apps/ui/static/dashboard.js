@@ -1,6 +1,6 @@
 // Cost dashboard: totals, spend by day, model and tag (Chart.js, the vendored UMD build that
-// defines window.Chart), the budget and what the cache saved.
-import { api, el, usd } from "./util.js";
+// defines window.Chart), the budget, what the cache saved, and every installed control.
+import { api, el, json, usd } from "./util.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -35,6 +35,7 @@ async function load() {
   chart("chart-models", "bar", data.by_model.map((m) => m.name), data.by_model.map((m) => m.cost), "y");
   chart("chart-tags", "bar", data.by_tag.map((g) => g.name), data.by_tag.map((g) => g.cost), "y");
   budget(data.budget);
+  controls(data.controls);
 }
 
 function card(id, label, value, note = "") {
@@ -75,4 +76,30 @@ function budget(status) {
     el("p", { class: "muted" }, `${usd(status.remaining)} remaining · resets ${new Date(status.resets_at).toLocaleString()}`
       + ` · scope ${status.scope}`),
   );
+}
+
+// Every stage that describes itself, built-in or added with add_stage, in pipeline order: its
+// settings (the run tag's summary) and live status. Text only: a third party's stage may say anything.
+function controls(rows) {
+  const box = $("controls");
+  if (!rows.length) {
+    box.replaceChildren(el("p", { class: "muted" }, "No control is installed."));
+    return;
+  }
+  box.replaceChildren(el("table", {},
+    el("thead", {}, el("tr", {}, el("th", {}, "Control"), el("th", {}, "Order"), el("th", {}, "Settings"),
+      el("th", {}, "Status"))),
+    el("tbody", {}, rows.map((c) => el("tr", { "data-control": c.name },
+      el("td", {}, c.name, c.group !== c.name ? el("div", { class: "muted" }, c.group) : null),
+      el("td", {}, c.order),
+      el("td", {}, c.summary || "–"),
+      el("td", {}, status(c.status)),
+    ))),
+  ));
+}
+
+function status(value) {
+  if (value === null || value === undefined) return "–";
+  return Object.entries(value).map(([key, item]) => `${key}: ${typeof item === "object" ? json(item) : item}`)
+    .join(", ");
 }
