@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Mapping
 
 from mlflow_lite_plugin.core import environment  # noqa: F401  (LiteLLM's price map read locally)
 from mlflow_lite_plugin.core.errors import ArgumentError

@@ -22,7 +22,8 @@ import json
 import operator
 import re
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
 from mlflow_lite_plugin.tracing import schema
@@ -60,7 +61,6 @@ def promote(
     ``data``, the version is evaluated on it first (``mlflow.evaluate`` with the mlflow_lite
     evaluator; ``targets=``, ``model_type=`` pass through). Returns the checked figures."""
     import mlflow
-
     from mlflow.exceptions import MlflowException
 
     gates = {metric: _gate(metric, rule) for metric, rule in (require or {}).items()}

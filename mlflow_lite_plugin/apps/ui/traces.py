@@ -13,11 +13,10 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
-from mlflow_lite_plugin.feedback import human as feedback
+from mlflow_lite_plugin.apps.ui.state import UIState, ui_state
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError
+from mlflow_lite_plugin.feedback import human as feedback
 from mlflow_lite_plugin.tracing import schema
-from mlflow_lite_plugin.apps.ui.state import UIState
-from mlflow_lite_plugin.apps.ui.state import ui_state
 
 if TYPE_CHECKING:
     from mlflow.entities import Assessment, Span, Trace
