@@ -68,7 +68,7 @@ from mlflow_lite_plugin.controls.budget.stage import BudgetExceededError
 from mlflow_lite_plugin.controls.ratelimit import RateLimitExceededError
 from mlflow_lite_plugin.core.response import Response, Stream
 
-from mlflow_lite_plugin.version import __version__  # noqa: E402
+from mlflow_lite_plugin.version import __version__ as __version__  # noqa: E402
 
 # Loaded on first use (PEP 562): the flavor and registry import mlflow (~1 s), and the rest is not
 # needed to answer a first query, whose cold start is a measured target.
