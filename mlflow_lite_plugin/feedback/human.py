@@ -516,7 +516,9 @@ class FeedbackLearner:
             return [s.example for s in held]
 
     def _embedded(self, examples: list[Example]) -> list[_Stored]:
-        vectors: Sequence[Any] = self._embedder().embed([e.question for e in examples]) if examples else []
+        vectors: np.ndarray | list[np.ndarray] = []
+        if examples:
+            vectors = self._embedder().embed([e.question for e in examples])
         return [_Stored(e, v) for e, v in zip(examples, vectors, strict=True)]
 
     def _embedder(self) -> Embedder:
