@@ -63,12 +63,12 @@ from mlflow_lite_plugin.core.errors import (
 )
 from mlflow_lite_plugin.core.deadline import DeadlineExceededError
 from mlflow_lite_plugin.controls.metrics import MetricResult
-from mlflow_lite_plugin.core.pipeline import Call, Stage
+from mlflow_lite_plugin.core.pipeline import Call, Stage, StopStream
 from mlflow_lite_plugin.controls.budget.stage import BudgetExceededError
 from mlflow_lite_plugin.controls.ratelimit import RateLimitExceededError
 from mlflow_lite_plugin.core.response import Response, Stream
 
-from mlflow_lite_plugin.version import __version__ as __version__  # noqa: E402
+from mlflow_lite_plugin.version import __version__ as __version__
 
 # Loaded on first use (PEP 562): the flavor and registry import mlflow (~1 s), and the rest is not
 # needed to answer a first query, whose cold start is a measured target.
@@ -158,6 +158,7 @@ __all__ = [
     "DeadlineExceededError",
     "Response",
     "Stage",
+    "StopStream",
     "Stream",
     "aquery",
     "async_batch",

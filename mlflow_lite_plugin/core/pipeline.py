@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from mlflow_lite_plugin.core.attachments import Image, redact
-from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.core.errors import ArgumentError, TracedError
 from mlflow_lite_plugin.core.request import Request
 from mlflow_lite_plugin.core.response import Response, usage_dict
 from mlflow_lite_plugin.tracing import schema
@@ -347,6 +347,7 @@ class Pipeline:
             raise
         if response is None:  # a stage stopped the stream
             partial = self.close_stream(call)
+            assert partial is not None  # None only for a failed stream, which raised above
             if "rejection" in call.state:
                 raise call.state["rejection"]
             return partial
@@ -418,7 +419,7 @@ class Pipeline:
             except Exception as cleanup_error:  # a cleanup bug must not hide the real error
                 call.span.add_event("stage_error", {"stage": stage.name, "error": repr(cleanup_error)})
         billed = _billed(call)
-        if hasattr(error, "_trace"):
+        if isinstance(error, TracedError):
             error._trace = call.span.trace_ref
             error.cost = billed
         call.span.set_attributes({schema.ERROR: f"{type(error).__name__}: {error}", schema.COST_USD: billed})
@@ -446,7 +447,7 @@ class Pipeline:
         )
         rejection = next((e for e in (s.reject(call, response) for s in self.stages) if e is not None), None)
         if rejection is not None:
-            if hasattr(rejection, "_trace"):
+            if isinstance(rejection, TracedError):
                 rejection._trace = call.span.trace_ref
                 rejection.cost = response.cost  # the rejected answer was paid for
             call.span.set_attributes({schema.ERROR: f"{type(rejection).__name__}: {rejection}"})

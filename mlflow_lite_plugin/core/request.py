@@ -175,7 +175,7 @@ def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
         value = params.get(name)
         if value is None:
             continue
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not low <= value <= high:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not low <= int(value) <= high:
             raise ArgumentError(name, f"must be a whole number from {low} to {high:_}, got {value!r}")
         counts[name] = int(value)
     seed = params.get("seed")
@@ -233,6 +233,16 @@ def _check_keywords(kwargs: Mapping[str, Any]) -> None:
         )
 
 
+def check_tags(tags: Any) -> dict[str, str]:
+    """A call's trace tags: a dict of str to str (MLflow stores tags as text; a number would be
+    refused or changed at export, after the call was paid for)."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise ArgumentError("tags", f"must be a dict of str to str, got {tags!r}")
+    return dict(tags)
+
+
 def build_request(
     *,
     model: str | None,
@@ -274,9 +284,7 @@ def build_request(
     fallbacks = merged.pop("fallbacks", None) or ()
     if isinstance(fallbacks, str) or not all(isinstance(f, str) and f.strip() for f in fallbacks):
         raise ArgumentError("fallbacks", f"must be a list of model names, got {fallbacks!r}")
-    tags = merged.pop("tags", None) or {}
-    if not isinstance(tags, Mapping):
-        raise ArgumentError("tags", f"must be a dict of str to str, got {tags!r}")
+    tags = check_tags(merged.pop("tags", None))
     namespace = merged.pop("namespace", None)
     if namespace is not None and (not isinstance(namespace, str) or not namespace):
         raise ArgumentError("namespace", f"must be a non-empty string, got {namespace!r}")

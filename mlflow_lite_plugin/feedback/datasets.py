@@ -109,14 +109,16 @@ class ExportSummary:
     def to_mlflow_dataset(self, name: str | None = None) -> PandasDataset:
         """The records as an ``mlflow.data`` dataset (``mlflow.log_input`` logs it to a run);
         its source is the written file, if any."""
-        import mlflow.data
+        from mlflow.data.pandas_dataset import from_pandas
 
         with warnings.catch_warnings():
             # MLflow registers its local-file source twice ("" and "file" schemes), then warns
             # that a path matches both; they are the same class.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple")
             frame = self.to_pandas()
-            return mlflow.data.from_pandas(frame, source=self.path, name=name or f"mlflow_lite_{self.format}")
+            # source=None (nothing written yet) is what MLflow's default is; its annotation omits it
+            source: Any = self.path
+            return from_pandas(frame, source=source, name=name or f"mlflow_lite_{self.format}")
 
     def __str__(self) -> str:
         dropped = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.dropped.items())) or "none"
@@ -384,7 +386,7 @@ def validate_anthropic(record: Mapping[str, Any]) -> list[str]:
         problems.append("system must be non-empty text when present")
     messages = record.get("messages")
     problems += _message_problems(messages, ("user", "assistant"))
-    if not problems:
+    if not problems and isinstance(messages, list):  # _message_problems refuses a non-list
         expected = ["user", "assistant"] * len(messages)
         if [m["role"] for m in messages] != expected[: len(messages)]:
             problems.append("messages must alternate user/assistant, starting with user")

@@ -32,7 +32,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.messages import content_text, last_user_text
@@ -68,7 +68,7 @@ def root_messages(root: Span) -> list[dict[str, Any]]:
     """The messages the call was made with (before any few-shot examples were added)."""
     inputs = root.inputs if isinstance(root.inputs, Mapping) else {}
     messages = inputs.get("messages")
-    return [m for m in messages if isinstance(m, Mapping)] if isinstance(messages, list) else []
+    return [dict(m) for m in messages if isinstance(m, Mapping)] if isinstance(messages, list) else []
 
 
 def root_answer(root: Span) -> str | None:
@@ -104,7 +104,9 @@ def human_ratings(info: TraceInfo) -> list[float | int | bool]:
     value (logged by another tool: ``record_feedback`` refuses them) is no rating: it would make
     any mean it joins NaN or infinite, and an infinite one passes every ``min_rating``."""
     found = [a.feedback.value for a in info.assessments or [] if a.feedback is not None and _human(a, RATING)]
-    return [v for v in found if isinstance(v, bool) or (isinstance(v, numbers.Real) and math.isfinite(v))]
+    # a feedback value is typed as any JSON value; the filter leaves numbers and bools only
+    return [cast("float | int | bool", v) for v in found
+            if isinstance(v, bool) or (isinstance(v, numbers.Real) and math.isfinite(v))]
 
 
 def numeric_ratings(info: TraceInfo) -> list[float]:
@@ -117,7 +119,7 @@ def human_correction(info: TraceInfo) -> str | None:
     """The latest valid HUMAN correction (``expected_response``) of a trace."""
     found = [a for a in info.assessments or [] if a.expectation is not None and _human(a, CORRECTION)]
     found.sort(key=lambda a: a.last_update_time_ms or a.create_time_ms or 0)
-    values = [a.expectation.value for a in found]
+    values = [a.expectation.value for a in found if a.expectation is not None]
     texts = [v for v in values if isinstance(v, str) and v.strip()]
     return texts[-1] if texts else None
 

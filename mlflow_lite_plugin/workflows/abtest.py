@@ -84,6 +84,7 @@ import math
 import numbers
 import random
 import re
+import statistics
 import string
 import threading
 import time
@@ -97,7 +98,7 @@ from mlflow_lite_plugin.client import Client, build_call_request, get_default_cl
 from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, ProviderError, ValidationError
 from mlflow_lite_plugin.core.jsonsafe import json_safe
 from mlflow_lite_plugin.core.providers import is_secret
-from mlflow_lite_plugin.core.request import PIPELINE_KEYWORDS, known_keywords
+from mlflow_lite_plugin.core.request import PIPELINE_KEYWORDS, check_tags, known_keywords
 from mlflow_lite_plugin.core.response import Response
 from mlflow_lite_plugin.feedback.human import numeric_ratings
 from mlflow_lite_plugin.storage.memory import MemoryStorage
@@ -302,7 +303,7 @@ def _values(group: Sequence[Observation], ratings: Mapping[str, Sequence[float]]
     """Per metric, the values of one variant: floats, or bools for pass/fail figures."""
     values: dict[str, list[Any]] = {
         "validation": [o.validation for o in group if o.validation is not None],
-        "rating": [sum(ratings[o.trace_id]) / len(ratings[o.trace_id]) for o in group if o.trace_id in ratings],
+        "rating": [statistics.fmean(ratings[t]) for o in group if (t := o.trace_id) is not None and t in ratings],
         "error_rate": [o.error is not None for o in group],
         "cost": [o.cost for o in group if o.cost is not None],
         "latency": [o.latency for o in group if o.latency is not None],
@@ -393,8 +394,8 @@ def _decide(
         reasons = [_beats(v, w, comparisons) for w in others]
         if all(reasons):
             return STATUS_WINNER, v, "; ".join(reasons) + "." + _untested(comparisons)  # type: ignore[arg-type]
-    conflicts = [_conflict(v, w, comparisons) for v, w in itertools.combinations(active, 2)]
-    conflicts = [c for c in conflicts if c]
+    found = (_conflict(v, w, comparisons) for v, w in itertools.combinations(active, 2))
+    conflicts = [c for c in found if c]
     if conflicts:
         return STATUS_TRADE_OFF, None, "Trade-off: " + "; ".join(conflicts) + "." + _untested(comparisons)
     if not any(c.significant for c in comparisons):
@@ -487,6 +488,7 @@ class _Variant:
         from mlflow_lite_plugin.flavor.model import load_model
 
         uri = self.model_uri
+        assert uri is not None  # only a model_uri variant loads a model
         if is_models_uri(uri):
             resolved = get_model_name_and_version(mlflow.MlflowClient(), uri)
             if len(resolved) == 2:  # pin an alias or "latest" to the version actually served
@@ -502,7 +504,7 @@ class _Variant:
             if "input" in variables and "input" not in self.app.variables:  # input fills the one variable
                 variables.setdefault(self.app.variables[0], variables.pop("input"))
             return self.app.query(**variables, **kwargs)
-        own = {k: v for k, v in (("model", self.model), ("system", self.system)) if v is not None}
+        own: dict[str, Any] = {k: v for k, v in (("model", self.model), ("system", self.system)) if v is not None}
         if self.template is not None:
             return client.query_with_template(self.template, **own, **variables, **kwargs)
         return client.query(self._render(variables), **own, **kwargs)
@@ -729,9 +731,7 @@ class ABTest:
                     f"nor a query argument.{hint}"
                 )
         call_kwargs.update(variant.params)  # the variant's settings are what is under test
-        tags = call_kwargs.get("tags") or {}
-        if not isinstance(tags, Mapping):
-            raise ArgumentError("tags", f"must be a dict of str to str, got {tags!r}")
+        tags = check_tags(call_kwargs.get("tags"))
         call_kwargs["tags"] = {**tags, "ab_test": self.name, "ab_variant": variant.name}
         return variables, call_kwargs
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 import mlflow_lite_plugin as ml
-from mlflow_lite_plugin.core.pipeline import StopStream  # README names it; ml does not export it
+from mlflow_lite_plugin import StopStream  # what the README tells a stage to raise
 
 from tests.helpers import get_trace
 

@@ -71,6 +71,7 @@ def test_provider_params_reach_the_provider_verbatim(quiet, stub):
         ({"prompt": "x", "stop": 5}, "stop", "string or a list of strings"),
         ({"prompt": "x", "user": 5}, "user", "must be a string"),
         ({"prompt": "x", "tags": ["team"]}, "tags", "dict of str to str"),
+        ({"prompt": "x", "tags": {"team": 1}}, "tags", "dict of str to str"),  # MLflow tags are text
         ({"prompt": "x", "namespace": ""}, "namespace", "non-empty string"),
         ({"prompt": "x", "cache": "yes"}, "cache", "True or False"),
         ({"prompt": "x", "provider_params": ["flag"]}, "provider_params", "must be a dict"),

@@ -121,9 +121,10 @@ def calls(trace: Trace) -> list[Span]:
 def total(spans: list[Span], key: str) -> float | None:
     """The sum of a numeric attribute over spans; None if a span lacks it (e.g. an unknown cost)."""
     values = [s.attributes.get(key) for s in spans]
-    if not values or any(not isinstance(v, (int, float)) for v in values):
+    numbers = [v for v in values if isinstance(v, (int, float))]
+    if not values or len(numbers) != len(values):
         return None
-    return sum(values)
+    return sum(numbers)
 
 
 def user_tags(tags: dict[str, str]) -> dict[str, str]:

@@ -240,7 +240,7 @@ def _model_output_limit(name: str) -> int:
         except Exception:
             pass
         known = isinstance(limit, (int, float)) and limit > 0
-        _output_limits[name] = int(limit) if known else DEFAULT_MAX_OUTPUT_TOKENS
+        _output_limits[name] = int(limit) if known and limit is not None else DEFAULT_MAX_OUTPUT_TOKENS
     return _output_limits[name]
 
 
@@ -537,7 +537,7 @@ class BudgetStage(Stage):
         reserved (reserved: calls in flight), never below 0. Times are ISO 8601 in the budget's
         time zone."""
         scope = self.scope_key(model=model, tag=tag)
-        periods = {}
+        periods: dict[str, dict[str, Any]] = {}
         for period, limit in self.periods(now):
             spent = self.ledger.spent(scope, period.key)
             reserved = self.ledger.reserved(scope, period.key)

@@ -623,7 +623,7 @@ class JsonStreamChecker:
     def _end_string(self) -> None:
         value = None if self._parts is None else json.loads('"' + "".join(self._parts) + '"')
         if self._is_key:
-            self._on_key(value)
+            self._on_key(value)  # type: ignore[arg-type]  # a key's parts are always collected (see _begin_string)
             return
         if self._parts is not None:
             self._check_scalar(value)
