@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from mlflow_lite_plugin.core.errors import MlflowLiteError, TracedError
 from mlflow_lite_plugin.core.pricing import usd
@@ -42,6 +43,12 @@ class BudgetExceededError(TracedError):
         self.waited = waited
         super().__init__(message or self._default_message())
 
+    def refined(self, **changes: Any) -> BudgetExceededError:
+        """The same refusal with some figures changed (the wait it took, the period it is in),
+        and its message written anew from them."""
+        fields = {name: getattr(self, name) for name in _FIELDS}
+        return BudgetExceededError(**{**fields, **changes})
+
     def _default_message(self) -> str:
         period = f"{self.period} budget" if self.period else f"budget {self.period_key or ''}".rstrip()
         reset = f"; it resets at {self.resets_at.isoformat()}" if self.resets_at is not None else ""
@@ -51,6 +58,9 @@ class BudgetExceededError(TracedError):
             f"{period} of {usd(self.limit)} has {usd(self.spent)} spent and {usd(self.reserved)} reserved "
             f"by calls in flight{waited}{reset}."
         )
+
+
+_FIELDS = ("spent", "reserved", "limit", "requested", "scope", "period", "period_key", "resets_at", "waited")
 
 
 class UnpricedModelError(BudgetExceededError):

@@ -134,15 +134,7 @@ class _Waiter:
         if error.spent + amount > error.limit + _EPSILON or (self.deadline is not None and now >= self.deadline):
             if not waited:
                 raise error
-            raise BudgetExceededError(
-                spent=error.spent,
-                reserved=error.reserved,
-                limit=error.limit,
-                requested=error.requested,
-                scope=error.scope,
-                period_key=error.period_key,
-                waited=waited,
-            )
+            raise error.refined(waited=waited)
         self.next_try = now + self.recheck_every
 
     def pause(self) -> float | None:
