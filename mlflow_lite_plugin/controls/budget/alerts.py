@@ -39,7 +39,8 @@ from mlflow_lite_plugin.tracing import schema
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
-    from mlflow_lite_plugin.controls.budget.stage import Ledger, Period
+    from mlflow_lite_plugin.controls.budget.ledger import Ledger
+    from mlflow_lite_plugin.controls.budget.periods import Period
     from mlflow_lite_plugin.tracing.tracer import NullSpan, Span
 
 _logger = logging.getLogger(__name__)

@@ -55,14 +55,14 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from datetime import timezone as dt_timezone
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from mlflow_lite_plugin.controls.budget.alerts import Alert, fire_crossed
 from mlflow_lite_plugin.controls.budget.errors import BudgetExceededError, BudgetLedgerError, UnpricedModelError
 from mlflow_lite_plugin.controls.budget.ledger import Ledger, RedisLedger, Reservation, SQLiteLedger, make_ledger
+from mlflow_lite_plugin.controls.budget.periods import Period, current_period
 from mlflow_lite_plugin.controls.budget.settings import BudgetSettings
 from mlflow_lite_plugin.core import deadline
 from mlflow_lite_plugin.core.errors import ArgumentError
@@ -89,37 +89,6 @@ UNTAGGED = "(untagged)"
 
 # What to enforce and where the ledger lives: one settings class, its only validator.
 Budget = BudgetSettings
-
-
-@dataclass(frozen=True)
-class Period:
-    """One calendar period in a time zone: its ledger key, start and end (aware datetimes)."""
-
-    name: str  # "daily" or "monthly"
-    key: str  # "daily:2024-05-01@UTC"
-    start: datetime
-    end: datetime
-
-
-def current_period(name: str, now: datetime, zone: ZoneInfo) -> Period:
-    """The ``name`` ("daily"/"monthly") period containing ``now`` in ``zone``."""
-    if now.tzinfo is None:
-        raise ArgumentError("clock", "must return timezone-aware datetimes (e.g. datetime.now(timezone.utc))")
-    local = now.astimezone(zone)
-    if name == "daily":
-        start = datetime(local.year, local.month, local.day)
-        end = start + timedelta(days=1)
-        label = f"{start:%Y-%m-%d}"
-    elif name == "monthly":
-        start = datetime(local.year, local.month, 1)
-        end = datetime(local.year + 1, 1, 1) if local.month == 12 else datetime(local.year, local.month + 1, 1)
-        label = f"{start:%Y-%m}"
-    else:
-        raise ArgumentError("period", f"must be 'daily' or 'monthly', got {name!r}")
-    # Wall-clock midnight in the zone; normalised through UTC so a DST gap cannot shift it.
-    start_at = start.replace(tzinfo=zone).astimezone(dt_timezone.utc).astimezone(zone)
-    end_at = end.replace(tzinfo=zone).astimezone(dt_timezone.utc).astimezone(zone)
-    return Period(name, f"{name}:{label}@{zone.key}", start_at, end_at)
 
 
 # -- the pipeline stage --
