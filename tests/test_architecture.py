@@ -391,6 +391,27 @@ def test_cli_is_at_most_8_layers_above_errors():
     assert layers <= MAX_LAYERS, " -> ".join(map(_short, chain))
 
 
+
+# What MLflow itself looks up by name: the flavor's loader (MLmodel names its module and MLflow calls
+# ``_load_pyfunc`` there), re-exported by the flavor's face from the module that defines it.
+PRIVATE_BY_CONTRACT = {"_load_pyfunc"}
+
+
+def private_imports() -> list[str]:
+    """``from <package module> import _name``: a private name crossing into another module."""
+    return [
+        f"{name}:{node.lineno} imports {alias.name} from {node.module}"
+        for name, node, _kind in statements()
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PACKAGE)
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__") and alias.name not in PRIVATE_BY_CONTRACT
+    ]
+
+
+def test_private_names_do_not_cross_modules():
+    bad = private_imports()
+    assert bad == [], "\n".join(bad)
+
 def report() -> str:
     lines = ["Layers, bottom to top (a folder imports only layers below it):"]
     fg = folder_graph()

@@ -189,10 +189,10 @@ def _reask_tokens(call: Call, model: ModelRef, out: int) -> int:
     validator = call.request.validator
     if validator is None:
         return 0
-    from mlflow_lite_plugin.controls.validation.rules import _MAX_SCHEMA_ERRORS, ValidationResult
+    from mlflow_lite_plugin.controls.validation.rules import MAX_SCHEMA_ERRORS, ValidationResult
 
     instruction = call.pricing.count_tokens(model, validator.repair_prompt(ValidationResult(False, [], [])))
-    quoting = _MAX_SCHEMA_ERRORS if "schema" in validator.describe() else 1
+    quoting = MAX_SCHEMA_ERRORS if "schema" in validator.describe() else 1
     return out + instruction + REASK_PROMPT_TOKENS + quoting * (out + instruction)
 
 

@@ -64,7 +64,7 @@ OPTIONS = ("on_fail", "max_attempts")
 FORMATS = ("json", "yaml", "markdown", "xml")
 LENGTH_UNITS = ("characters", "words", "tokens")
 ON_FAIL = ("raise", "retry", "return")
-_MAX_SCHEMA_ERRORS = 10
+MAX_SCHEMA_ERRORS = 10
 # Seconds one regex rule may search one answer. Rules come from callers and the playground UI, and
 # a backtracking pattern can take minutes on a short answer; a linear one takes milliseconds.
 REGEX_TIMEOUT = 0.5
@@ -272,12 +272,12 @@ class Validator:
             # with a format rule the parse error is already reported once, under "format"
             return [] if self._format is not None else [answer.parse_error]
         try:
-            found = list(itertools.islice(self._schema_validator.iter_errors(answer.value), _MAX_SCHEMA_ERRORS + 1))
+            found = list(itertools.islice(self._schema_validator.iter_errors(answer.value), MAX_SCHEMA_ERRORS + 1))
         except Exception as exc:  # e.g. an unresolvable remote $ref: report it, do not crash the call
             return [f"could not be checked: {type(exc).__name__}: {exc}"]
-        errors = [f"{json_path(e.absolute_path)}: {e.message}" for e in found[:_MAX_SCHEMA_ERRORS]]
-        if len(found) > _MAX_SCHEMA_ERRORS:
-            errors.append(f"more errors not listed (only the first {_MAX_SCHEMA_ERRORS} are)")
+        errors = [f"{json_path(e.absolute_path)}: {e.message}" for e in found[:MAX_SCHEMA_ERRORS]]
+        if len(found) > MAX_SCHEMA_ERRORS:
+            errors.append(f"more errors not listed (only the first {MAX_SCHEMA_ERRORS} are)")
         return errors
 
     def _check_regex(self, answer: _Answer) -> list[str]:
