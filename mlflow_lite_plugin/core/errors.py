@@ -7,8 +7,10 @@ message, status code and the MLflow trace id of the failed call.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,6 +28,13 @@ class ArgumentError(MlflowLiteError, ValueError):
     def __init__(self, argument: str, message: str):
         super().__init__(f"{argument}: {message}")
         self.argument = argument
+
+
+def did_you_mean(name: object, known: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """The sentence a misspelt name's error ends with, `` Did you mean 'ttl'?``, naming the known
+    name closest to it (difflib's ratio, at least ``cutoff``); "" when none is close."""
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=cutoff)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def check_number(name: str, value: Any, *, allow_zero: bool = False, unit: str = "") -> None:

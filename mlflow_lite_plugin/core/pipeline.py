@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import difflib
 import functools
 import logging
 import time
@@ -53,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from mlflow_lite_plugin.core.attachments import Image, redact
-from mlflow_lite_plugin.core.errors import ArgumentError, TracedError
+from mlflow_lite_plugin.core.errors import ArgumentError, TracedError, did_you_mean
 from mlflow_lite_plugin.core.request import Request
 from mlflow_lite_plugin.core.response import Response, usage_dict
 from mlflow_lite_plugin.tracing import schema
@@ -179,9 +178,8 @@ class Settings:
         known = [f.name for f in dataclasses.fields(cls) if f.init]
         for key in data:
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ArgumentError(f"{where}.{key}", f"unknown setting{hint}; known: {', '.join(known)}")
+                hint = did_you_mean(key, known)
+                raise ArgumentError(f"{where}.{key}", f"unknown setting.{hint} Known: {', '.join(known)}")
         return cls(**data)
 
 

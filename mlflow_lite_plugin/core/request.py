@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import math
 import numbers
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mlflow_lite_plugin.core.attachments import Image, attach, load_images
-from mlflow_lite_plugin.core.errors import ArgumentError, check_number
+from mlflow_lite_plugin.core.errors import ArgumentError, check_number, did_you_mean
 from mlflow_lite_plugin.core.messages import last_user_text
 from mlflow_lite_plugin.core.model_names import litellm_module
 from mlflow_lite_plugin.core.results import ValidationResult
@@ -225,8 +224,7 @@ def _check_keywords(kwargs: Mapping[str, Any]) -> None:
     for name in kwargs:
         if name in known or name in PIPELINE_KEYWORDS:
             continue
-        close = difflib.get_close_matches(name, sorted(known | PIPELINE_KEYWORDS), n=1, cutoff=0.75)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, sorted(known | PIPELINE_KEYWORDS), cutoff=0.75)
         raise ArgumentError(
             name,
             f"unknown keyword argument.{hint} Pass provider-specific parameters as provider_params={{...}}.",

@@ -9,14 +9,13 @@ could not tell apart from them. The built-ins are in ``builtins.py``, registry p
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.core.errors import ArgumentError, did_you_mean
 from mlflow_lite_plugin.core.request import PIPELINE_KEYWORDS, known_keywords
 from mlflow_lite_plugin.tracing import schema
 
@@ -136,8 +135,7 @@ def split_kwargs(template: Template, kwargs: Mapping[str, Any]) -> tuple[dict[st
         elif name in _query_keywords():
             query_kwargs[name] = value
         else:
-            close = difflib.get_close_matches(name, template.variables, n=1, cutoff=0.75)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, template.variables, cutoff=0.75)
             raise ArgumentError(
                 name,
                 f"is neither a variable of template {template.name!r} ({_listed(template)}) "

@@ -75,7 +75,6 @@ reported as ``metric.<name>``.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -95,7 +94,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_lite_plugin.client import Client, build_call_request, get_default_client
-from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, ProviderError, ValidationError
+from mlflow_lite_plugin.core.errors import ArgumentError, MlflowLiteError, ProviderError, ValidationError, did_you_mean
 from mlflow_lite_plugin.core.jsonsafe import json_safe
 from mlflow_lite_plugin.core.providers import is_secret
 from mlflow_lite_plugin.core.request import PIPELINE_KEYWORDS, check_tags, known_keywords
@@ -724,8 +723,7 @@ class ABTest:
             elif key in query_names:
                 call_kwargs[key] = value
             elif key not in self._all_variables:
-                close = difflib.get_close_matches(key, sorted(self._all_variables | query_names), n=1, cutoff=0.75)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(key, sorted(self._all_variables | query_names), cutoff=0.75)
                 raise ArgumentError(
                     key, f"is neither a variable of any variant ({', '.join(sorted(self._all_variables))}) "
                     f"nor a query argument.{hint}"
@@ -809,8 +807,7 @@ def _parse_variant(name: Any, spec: Any) -> _Variant:
         )
     for key in spec:
         if key not in _SPEC_KEYS:
-            close = difflib.get_close_matches(str(key), _SPEC_KEYS, n=1, cutoff=0.6)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, _SPEC_KEYS)
             raise ArgumentError(
                 "variants", f"variant {name!r} has an unknown key {key!r}.{hint} Known: {', '.join(_SPEC_KEYS)}"
             )

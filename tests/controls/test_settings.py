@@ -61,7 +61,7 @@ def test_bad_settings_name_the_argument(make, argument):
 
 
 def test_a_misspelt_key_gets_a_suggestion():
-    with pytest.raises(ml.ArgumentError, match=r"did you mean 'max_temperature'\?") as raised:
+    with pytest.raises(ml.ArgumentError, match=r"Did you mean 'max_temperature'\?") as raised:
         SemanticCacheSettings.from_dict({"max_temprature": 0})
     assert raised.value.argument == "semantic_cache.max_temprature"
     with pytest.raises(ml.ArgumentError, match="must be a dict of settings, got list") as raised:
@@ -220,10 +220,10 @@ def test_the_flavor_saves_each_controls_to_dict(tmp_path, stub):
 
 
 def test_misspelt_feedback_learning_and_routing_keys_get_a_suggestion():
-    with pytest.raises(ml.ArgumentError, match=r"did you mean 'similarity'\?") as raised:
+    with pytest.raises(ml.ArgumentError, match=r"Did you mean 'similarity'\?") as raised:
         FeedbackLearningSettings.from_dict({"similarty": 0.6})
     assert raised.value.argument == "few_shot.similarty"
-    with pytest.raises(ml.ArgumentError, match=r"did you mean 'thresholds'\?"):
+    with pytest.raises(ml.ArgumentError, match=r"Did you mean 'thresholds'\?"):
         RoutingSettings.from_dict({"threshold": [0.5]}, argument="routing")
 
 

@@ -351,8 +351,8 @@ def test_unknown_rule_suggests_the_closest_and_lists_known_rules():
         Validator({"max_lenght": 10})
     message = str(info.value)
     assert info.value.argument == "validate"
-    assert "unknown rule 'max_lenght'" in message and "did you mean 'max_length'" in message
-    assert "known rules:" in message and "forbidden_words" in message
+    assert "unknown rule 'max_lenght'" in message and "Did you mean 'max_length'?" in message
+    assert "Known rules:" in message and "forbidden_words" in message
 
 
 @pytest.mark.parametrize(

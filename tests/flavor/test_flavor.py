@@ -330,11 +330,11 @@ def test_semantic_cache_takes_the_keywords_of_set_semantic_cache(tmp_path, stub,
     [
         (
             "semantic_cache", {"max_temprature": 0},
-            "semantic_cache.max_temprature: unknown setting (did you mean 'max_temperature'?)",
+            "semantic_cache.max_temprature: unknown setting. Did you mean 'max_temperature'?",
         ),
-        ("cache", {"tll": 60}, "cache.tll: unknown setting (did you mean 'ttl'?)"),
+        ("cache", {"tll": 60}, "cache.tll: unknown setting. Did you mean 'ttl'?"),
         ("rate_limit", {"requests_per_minute": -1}, "requests_per_minute: must be a positive number"),
-        ("budget", {"daily_limt": 5}, "budget.daily_limt: unknown setting (did you mean 'daily_limit'?)"),
+        ("budget", {"daily_limt": 5}, "budget.daily_limt: unknown setting. Did you mean 'daily_limit'?"),
         ("semantic_cache", {"threshold": 1.5}, "threshold: must be a cosine similarity in (0, 1]"),
     ],
 )

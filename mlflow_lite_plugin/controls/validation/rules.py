@@ -42,7 +42,6 @@ violations (see :mod:`mlflow_lite_plugin.controls.validation.json_stream`); the 
 
 from __future__ import annotations
 
-import difflib
 import functools
 import itertools
 import json
@@ -52,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow_lite_plugin.controls.validation.json_stream import JsonStreamChecker, json_path
-from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.core.errors import ArgumentError, did_you_mean
 from mlflow_lite_plugin.core.jsonsafe import json_safe
 from mlflow_lite_plugin.core.results import StreamViolation, ValidationResult  # re-exported: defined with the response
 
@@ -422,9 +421,8 @@ def _add_rule(named: dict[str, Any], order: list[Any], key: Any, value: Any) -> 
     if not isinstance(key, str):
         raise _bad(f"rule names must be strings, got {_type(key)}")
     if key not in RULES and key not in OPTIONS:
-        close = difflib.get_close_matches(key, RULES + OPTIONS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise _bad(f"unknown rule {key!r}{hint}; known rules: {', '.join(RULES + OPTIONS)}")
+        hint = did_you_mean(key, RULES + OPTIONS)
+        raise _bad(f"unknown rule {key!r}.{hint} Known rules: {', '.join(RULES + OPTIONS)}")
     if key == "custom":
         order.extend(_callables(value))
         return
