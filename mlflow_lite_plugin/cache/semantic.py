@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlflow_lite_plugin.cache.embeddings import Embedder, EmbeddingModelError, canonical_model_name, get_embedder
+from mlflow_lite_plugin.cache.index import VectorIndex
 from mlflow_lite_plugin.cache.verify import normalize
 from mlflow_lite_plugin.cache.verify import verify as verify_pair
 from mlflow_lite_plugin.core.errors import MlflowLiteError
@@ -93,8 +94,9 @@ def _faiss() -> Any:
 
 
 def _new_index(dim: int) -> faiss.Index:
+    """The saved form of the vectors (every version reads it): searching uses a VectorIndex."""
     faiss = _faiss()
-    # Inner product on L2-normalised vectors is cosine; the ID map lets us remove single entries.
+    # Inner product on L2-normalised vectors is cosine; the ID map names each vector's entry.
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
@@ -107,7 +109,7 @@ class SemanticCache:
         model: str | None = None,
         threshold: float = DEFAULT_THRESHOLD,
         ttl: float | None = None,
-        max_entries: int = 10_000,
+        max_entries: int = 100_000,
         verify: bool = True,
         max_query_chars: int = MAX_QUERY_CHARS,
     ):
@@ -126,10 +128,11 @@ class SemanticCache:
         self.max_entries = max_entries
         self.verify = bool(verify)
         self.max_query_chars = max_query_chars
-        self._lock = threading.RLock()  # guards every field below and all FAISS index operations
+        # Guards every field below; the VectorIndex is not thread-safe and is only used under it.
+        self._lock = threading.RLock()
         self._embedder: Embedder | None = None
         self._dim: int | None = None
-        self._index: faiss.Index | None = None
+        self._index: VectorIndex | None = None  # one per cache, per-scope inside; made at the first add
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
         self._by_key: dict[tuple[str, str], int] = {}
         self._by_scope: dict[str, set[int]] = {}
@@ -209,7 +212,7 @@ class SemanticCache:
     def clear(self) -> None:
         with self._lock:
             if self._index is not None:
-                self._index.reset()
+                self._index.clear()
             self._entries.clear()
             self._by_key.clear()
             self._by_scope.clear()
@@ -237,7 +240,10 @@ class SemanticCache:
         faiss = _faiss()
         with self._lock:
             self._purge_expired()
-            index = self._index if self._index is not None else _new_index(self._dimension())
+            index = _new_index(self._index.dim if self._index is not None else self._dimension())
+            if self._index is not None:
+                ids, vectors = self._index.export()
+                index.add_with_ids(vectors, ids)
             index_bytes = np.asarray(faiss.serialize_index(index), dtype=np.uint8).tobytes()
             document: dict[str, Any] = {
                 "format": FORMAT,
@@ -326,24 +332,13 @@ class SemanticCache:
         )
 
     def _search(self, scope: str, vector: np.ndarray) -> list[tuple[int, str, float]]:
-        """Best neighbours in ``scope`` with cosine >= threshold, best first."""
-        faiss = _faiss()
+        """Best neighbours in ``scope`` with cosine >= threshold (the bar every non-identical
+        question must clear), best first."""
         with self._lock:
-            ids = self._by_scope.get(scope)
-            if not ids or self._index is None:
+            if self._index is None:
                 return []
-            # The selector restricts the search to this scope: another scope can never be returned
-            # and cannot crowd this scope's entries out of the top k.
-            selector = faiss.IDSelectorBatch(np.fromiter(ids, dtype=np.int64, count=len(ids)))
-            k = min(_CANDIDATES, len(ids))
-            scores, found = self._index.search(vector, k, params=faiss.SearchParameters(sel=selector))
-            out = []
-            for entry_id, score in zip(found[0].tolist(), scores[0].tolist(), strict=True):
-                entry = self._entries.get(entry_id)
-                if entry is None or entry.scope != scope or score < self.threshold:
-                    continue  # -1 padding, or below the bar every non-identical question must clear
-                out.append((entry_id, entry.query, float(score)))
-            return out
+            found = self._index.search(scope, vector, _CANDIDATES, min_score=self.threshold)
+            return [(entry_id, self._entries[entry_id].query, score) for entry_id, score in found]
 
     def _hit(self, entry_id: int, score: float, reason: str) -> SemanticHit:
         entry = self._entries[entry_id]
@@ -354,8 +349,8 @@ class SemanticCache:
     def _add(self, entry: _Entry, vector: np.ndarray) -> None:
         if self._index is None:
             self._dim = int(vector.shape[1])
-            self._index = _new_index(self._dim)
-        self._index.add_with_ids(vector, np.array([entry.id], dtype=np.int64))
+            self._index = VectorIndex(self._dim)
+        self._index.add(entry.scope, [entry.id], vector)
         self._entries[entry.id] = entry
         self._by_key[(entry.scope, entry.key)] = entry.id
         self._by_scope.setdefault(entry.scope, set()).add(entry.id)
@@ -376,7 +371,7 @@ class SemanticCache:
                 if not scope_ids:
                     del self._by_scope[entry.scope]
         if removed and self._index is not None:
-            self._index.remove_ids(_faiss().IDSelectorBatch(np.array(removed, dtype=np.int64)))
+            self._index.remove(removed)
 
     def _evict_over_capacity(self) -> None:
         excess = len(self._entries) - self.max_entries
@@ -398,10 +393,12 @@ class SemanticCache:
         if expired:
             self._remove(expired)
 
-    def _restore(self, document: dict, index: faiss.Index) -> None:
+    def _restore(self, document: dict, index: faiss.IndexIDMap2) -> None:
+        ids = _faiss().vector_to_array(index.id_map)
+        vectors = index.index.reconstruct_n(0, index.ntotal)  # row i of the flat index is ids[i]
         with self._lock:
-            self._index = index
             self._dim = int(index.d)
+            self._index = VectorIndex(self._dim)
             for raw in document["entries"]:
                 entry = _Entry(
                     raw["id"], raw["scope"], raw["query"], normalize(raw["query"]), raw["value"],
@@ -410,6 +407,11 @@ class SemanticCache:
                 self._entries[entry.id] = entry
                 self._by_key[(entry.scope, entry.key)] = entry.id
                 self._by_scope.setdefault(entry.scope, set()).add(entry.id)
+            rows_of: dict[str, list[int]] = {}
+            for row, entry_id in enumerate(ids.tolist()):
+                rows_of.setdefault(self._entries[entry_id].scope, []).append(row)
+            for scope, rows in rows_of.items():  # one bulk add per scope
+                self._index.add(scope, ids[rows], vectors[rows])
             if self.ttl is not None:
                 self._ages.extend(sorted((e.created_at, e.id) for e in self._entries.values()))
             self._next_id = max([document["next_id"], *(e + 1 for e in self._entries)])
@@ -484,7 +486,7 @@ def _read_entries(path: Path) -> dict:
     return document
 
 
-def _read_index(path: Path, document: dict) -> faiss.Index:
+def _read_index(path: Path, document: dict) -> faiss.IndexIDMap2:
     if not path.is_file():
         raise SemanticCacheError(path, "semantic cache index file is missing")
     raw = path.read_bytes()
