@@ -322,6 +322,7 @@ class Client:
         verify: bool = True,
         cache: SemanticCache | None = None,
         max_query_chars: int | None = None,
+        encoder: str = "auto",
     ) -> None:
         """Turn the semantic cache on (or off): a question that means the same as a cached one,
         in the same scope, gets the cached answer.
@@ -332,11 +333,13 @@ class Client:
         cosine alone (not recommended: near-misses such as negations score high). Pass a loaded
         ``cache=`` (e.g. ``SemanticCache.load(path)``) to start warm. ``max_query_chars``: longer
         questions are neither looked up nor stored (default 2,000; the model reads 256 word pieces).
+        ``encoder``: what runs the model, "torch" or "onnx" (ONNX Runtime, exported locally once);
+        "auto" (default) is the fastest one that kept the cache's quality, if installed.
         With ``cache=``, that cache's own settings (threshold, ttl, ...) apply.
         """
         settings = SemanticCacheSettings(
             enabled=enabled, threshold=threshold, model=model, ttl=ttl, max_entries=max_entries,
-            max_temperature=max_temperature, verify=verify, max_query_chars=max_query_chars,
+            max_temperature=max_temperature, verify=verify, max_query_chars=max_query_chars, encoder=encoder,
         )
         self.install(settings, cache=cache)
 

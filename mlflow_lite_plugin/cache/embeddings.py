@@ -13,12 +13,16 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
+from mlflow_lite_plugin.cache import encoders
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from sentence_transformers import SentenceTransformer
+
+    _Model: TypeAlias = SentenceTransformer | encoders.OnnxEncoder  # what encodes
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +60,13 @@ def _resolve_model_path(model: str | None) -> str:
 class Embedder:
     """One loaded sentence-transformers model; encodes sentences and (cached) single words."""
 
-    def __init__(self, model: str | None = None):
+    def __init__(self, model: str | None = None, encoder: str = encoders.AUTO):
         self.name = canonical_model_name(model)
         self._source = model
-        self._model: SentenceTransformer | None = None
+        self._requested = encoders.check_encoder(encoder)
+        #: The engine that encodes ("torch", "onnx", ...): "auto" resolved, see cache/encoders.py.
+        self.encoder = encoders.resolve(self._requested, bundled=model in _DEFAULT_ALIASES)
+        self._model: _Model | None = None
         self._dim: int | None = None
         self._load_lock = threading.Lock()
         # torch inference from several threads at once is not guaranteed safe for every model;
@@ -68,17 +75,44 @@ class Embedder:
         self._words: OrderedDict[str, np.ndarray] = OrderedDict()
         self._words_lock = threading.Lock()  # the memo is shared by every thread verifying a hit
 
-    def _get_model(self) -> SentenceTransformer:
+    def _get_model(self) -> _Model:
         if self._model is None:
             with self._load_lock:
                 if self._model is None:
                     self._model = self._load()
         return self._model
 
-    def _load(self) -> SentenceTransformer:
+    def _load(self) -> _Model:
         # Never fetch weights at run time; a user's explicit setting still wins.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path = _resolve_model_path(self._source)
+        model: _Model
+        if self.encoder == encoders.TORCH:
+            model = self._load_torch(path)
+        else:
+            try:
+                model = self._load_onnx(path)
+            except EmbeddingModelError as exc:
+                if self._requested != encoders.AUTO:
+                    raise
+                # "auto" never does worse than before: the PyTorch model always runs
+                logger.warning("semantic cache encoder 'auto' falls back to 'torch': %s", exc)
+                self.encoder = encoders.TORCH
+                model = self._load_torch(path)
+        self._dim = int(model.get_embedding_dimension() or model.encode(["x"]).shape[1])
+        return model
+
+    def _load_onnx(self, path: str) -> encoders.OnnxEncoder:
+        reason = encoders.unavailable(self.encoder)
+        if reason is not None:
+            raise EmbeddingModelError(reason)
+        logger.info("loading embedding model %s from %s with ONNX Runtime", self.name, path)
+        try:
+            return encoders.load_onnx(path, self.name)
+        except Exception as exc:
+            raise EmbeddingModelError(f"could not load the {self.encoder!r} encoder of {self.name!r}: {exc}") from exc
+
+    def _load_torch(self, path: str) -> SentenceTransformer:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -96,8 +130,6 @@ class Embedder:
                 f"could not load embedding model {self.name!r} from {path!r} (weights are never downloaded at run "
                 f"time: pass a local path or pre-populate the Hugging Face cache): {exc}"
             ) from exc
-        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        self._dim = int(dimension() or model.encode(["x"]).shape[1])
         return model
 
     @property
@@ -132,17 +164,19 @@ class Embedder:
         return found
 
 
-_embedders: dict[str, Embedder] = {}
+_embedders: dict[tuple[str, str], Embedder] = {}
 _embedders_lock = threading.Lock()
 
 
-def get_embedder(model: str | None = None) -> Embedder:
-    """The shared :class:`Embedder` for ``model`` (None = bundled all-MiniLM-L6-v2); loads lazily."""
-    key = canonical_model_name(model)
+def get_embedder(model: str | None = None, encoder: str = encoders.AUTO) -> Embedder:
+    """The shared :class:`Embedder` for ``model`` (None = bundled all-MiniLM-L6-v2) run by
+    ``encoder`` (see :mod:`~mlflow_lite_plugin.cache.encoders`); loads lazily."""
+    resolved = encoders.resolve(encoders.check_encoder(encoder), bundled=model in _DEFAULT_ALIASES)
+    key = (canonical_model_name(model), resolved)
     with _embedders_lock:
         embedder = _embedders.get(key)
         if embedder is None:
-            embedder = _embedders[key] = Embedder(model)
+            embedder = _embedders[key] = Embedder(model, encoder)
     return embedder
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlflow_lite_plugin.cache.embeddings import Embedder, EmbeddingModelError, canonical_model_name, get_embedder
+from mlflow_lite_plugin.cache.encoders import AUTO, check_encoder
 from mlflow_lite_plugin.cache.index import VectorIndex
 from mlflow_lite_plugin.cache.verify import normalize
 from mlflow_lite_plugin.cache.verify import verify as verify_pair
@@ -112,6 +113,7 @@ class SemanticCache:
         max_entries: int = 100_000,
         verify: bool = True,
         max_query_chars: int = MAX_QUERY_CHARS,
+        encoder: str = AUTO,
     ):
         if not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be a cosine in [-1, 1], got {threshold!r}")
@@ -123,6 +125,8 @@ class SemanticCache:
             raise ValueError(f"max_query_chars must be a positive int, got {max_query_chars!r}")
         self.model = canonical_model_name(model)
         self._model_source = model
+        # what runs the model; not saved: every encoder embeds into the same space (cosine > 0.99)
+        self.encoder = check_encoder(encoder)
         self.threshold = float(threshold)
         self.ttl = float(ttl) if ttl is not None else None
         self.max_entries = max_entries
@@ -282,7 +286,7 @@ class SemanticCache:
         directory = Path(path)
         entries_path, index_path = directory / ENTRIES_FILE, directory / INDEX_FILE
         document = _read_entries(entries_path)
-        unknown = set(overrides) - {"model", "threshold", "ttl", "max_entries", "verify", "max_query_chars"}
+        unknown = set(overrides) - {"model", "threshold", "ttl", "max_entries", "verify", "max_query_chars", "encoder"}
         if unknown:
             raise TypeError(f"unknown SemanticCache setting(s): {', '.join(sorted(unknown))}")
         model = overrides.pop("model", document["model"])
@@ -312,7 +316,7 @@ class SemanticCache:
 
     def _get_embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = get_embedder(self._model_source)
+            self._embedder = get_embedder(self._model_source, self.encoder)
         return self._embedder
 
     def _dimension(self) -> int:

@@ -57,8 +57,9 @@ class CacheSettings(Settings):
 class SemanticCacheSettings(Settings):
     """The semantic cache (``set_semantic_cache``'s keywords, but ``cache=``): ``threshold`` (None:
     the tuned default), embedding ``model``, ``ttl``, ``max_entries``, ``verify`` and
-    ``max_query_chars`` (None: the default) make its :class:`SemanticCache`; ``max_temperature``
-    is the stage's rule, as for the exact cache."""
+    ``max_query_chars`` (None: the default) and ``encoder`` (what runs the model: "auto", "torch",
+    "onnx") make its :class:`SemanticCache`; ``max_temperature`` is the stage's rule, as for the
+    exact cache."""
 
     stage = "semantic_cache"
     enabled: bool = True
@@ -69,9 +70,15 @@ class SemanticCacheSettings(Settings):
     max_temperature: float | None = None
     verify: bool = True
     max_query_chars: int | None = None
+    encoder: str = "auto"
 
     def __post_init__(self) -> None:
         _check_rules(self.ttl, self.max_entries, self.max_temperature)
+        from mlflow_lite_plugin.cache import encoders  # numpy: not at package import
+
+        missing = encoders.unavailable(encoders.check_encoder(self.encoder))
+        if missing is not None:  # cheap to know now (installed packages), not at the first call
+            raise ArgumentError("encoder", missing)
         threshold = self.threshold
         if threshold is not None and not (
             isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold <= 1
