@@ -66,7 +66,7 @@ class SemanticCacheSettings(Settings):
     threshold: float | None = None
     model: str | None = None
     ttl: float | None = None
-    max_entries: int = 10_000
+    max_entries: int = 100_000
     max_temperature: float | None = None
     verify: bool = True
     max_query_chars: int | None = None
