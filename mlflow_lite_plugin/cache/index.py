@@ -10,11 +10,11 @@ disagree on each sketch bit with probability a/pi, so the Hamming radius is set
 above the threshold is dropped by the filter with probability < 1e-4 whatever the data
 (``tests/cache/test_semantic_index.py`` measures recall on random and clustered data).
 
-Why not HNSW or IVF (measured on this machine, 100k random or clustered 384-d vectors, one
-thread): faiss ``IndexHNSWFlat`` takes ~60 s to build (every load of a saved cache, and every
-compaction), and at efSearch 128 still finds only 0.96 of the above-threshold neighbours in random
-data; ``IndexIVFFlat`` finds 0.94 at nprobe 64 of 512 lists (6 ms). Both are perfect on clustered
-data. The sketch filter is linear but reads 3.2 MB at 100k (faiss's C++ popcount: ~0.3-0.7 ms
+Why not HNSW or IVF (measured on the shared 2-core machine, 384-d vectors, one thread): faiss
+``IndexHNSWFlat`` (M=16) takes ~60 s to build at 100k (every load of a saved cache, and every
+compaction) and at efSearch 128 finds only 0.96 of the above-threshold neighbours in 30k random
+vectors; ``IndexIVFFlat`` finds 0.94 at 100k random with nprobe 64 of 512 lists (6 ms). Both are
+near-perfect on clustered data. The sketch filter is linear but reads 3.2 MB at 100k (faiss's C++ popcount: ~0.3-0.7 ms
 with the exact scores of its survivors), needs no training, no rebuild and no tombstones: removal
 moves the scope's last row into the hole (O(1)).
 
@@ -173,7 +173,7 @@ class VectorIndex:
 
     @staticmethod
     def _radius(min_score: float) -> float:
-        """Largest Hamming distance a vector at cosine ``min_score`` reaches but with odds < 1e-4."""
+        """The Hamming distance a vector at cosine ``min_score`` exceeds with probability < 1e-4."""
         p = math.acos(max(-1.0, min(1.0, min_score))) / math.pi
         return SKETCH_BITS * p + SKETCH_MARGIN * math.sqrt(SKETCH_BITS * p * (1 - p))
 
