@@ -27,10 +27,14 @@ API key), side by side:
    measured in the same rounds. The figure is added-per-call(batch) / added-per-call(sequential).
 6. ``serve`` (only with ``--serve``: slow): ``benchmarks/serve.py`` in a subprocess, its ratio.
 
+The stub runs in a child process by default (``--stub thread``: in this process, as the tests do;
+its request threads then compete with the measured event loop for the GIL, which inflates every
+wall and loop gap, raw LiteLLM's included).
+
 Rerun from the repository root (numbers are only comparable within one run; on a shared machine
 they are noisy, and the load average is printed at the start and end)::
 
-    python benchmarks/throughput.py                    # 3 rounds of 1, 3 of 5, 40 sequential calls
+    python benchmarks/throughput.py                    # 3 rounds of sections 1 and 5, 40 calls in 3
     python benchmarks/throughput.py --quick            # 1 round each, 15 sequential calls
     python benchmarks/throughput.py --serve            # + the mlflow models serve ratio
     python benchmarks/throughput.py --only batch --only sequential
@@ -60,6 +64,7 @@ os.chdir(WORKDIR)  # MLflow's default ./mlruns
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import functools  # noqa: E402
+import gc  # noqa: E402
 import importlib.util  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
@@ -209,6 +214,37 @@ def check_answers(results: Sequence[Any], *, cached: int, client: ml.Client) -> 
         raise RuntimeError(f"expected {cached} cache hits, got {answered} cached answers ({hits} counted hits)")
 
 
+STUB_CHILD = """
+import sys
+from mlflow_lite_plugin.testing import StubLLMServer
+with StubLLMServer(latency=float(sys.argv[1])) as stub:
+    print(stub.openai_base, flush=True)
+    sys.stdin.read()  # serves until the parent closes this pipe
+"""
+
+
+@contextmanager
+def stub_provider(where: str) -> Iterator[str]:
+    """The stub's OpenAI base URL. ``process``: the stub runs in a child process, as a provider
+    would, so its request threads do not compete with the measured event loop for this
+    process's GIL; ``thread``: in this process, as in the tests' ``stub_server`` fixture."""
+    if where == "thread":
+        with StubLLMServer(latency=LATENCY) as stub:
+            yield stub.openai_base
+        return
+    child = subprocess.Popen([sys.executable, "-c", STUB_CHILD, str(LATENCY)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        base = child.stdout.readline().strip()
+        if not base.startswith("http"):
+            raise RuntimeError(f"the stub server process did not start (exit code {child.poll()})")
+        yield base
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     result = fn()
@@ -321,7 +357,9 @@ async def run_path(
     check_answers(results, cached=cached, client=client)
 
 
-async def batch_rounds(base: str, redis_url: str | None, rounds: int, n: int, concurrency: int) -> list[Row]:
+async def batch_rounds(
+    base: str, redis_url: str | None, rounds: int, n: int, concurrency: int, freeze_gc: bool
+) -> list[Row]:
     litellm = litellm_module()
     prompts = questions(n)
     paths = batch_paths(base, redis_url)
@@ -334,6 +372,9 @@ async def batch_rounds(base: str, redis_url: str | None, rounds: int, n: int, co
             path.client.flush_traces()  # no writer thread left busy when the rounds start
         path.walls.clear()
         path.stalls.clear()
+    if freeze_gc:  # what is loaded by now is never garbage: full collections stop walking it
+        gc.collect()
+        gc.freeze()
 
     for turn in range(rounds):
         for path in (paths[i] for i in rotated(range(len(paths)), turn)):
@@ -366,14 +407,14 @@ async def batch_rounds(base: str, redis_url: str | None, rounds: int, n: int, co
     return rows
 
 
-def measure_batch(base: str, rounds: int) -> list[Row]:
+def measure_batch(base: str, rounds: int, freeze_gc: bool) -> list[Row]:
     header(f"1-2. async_batch of 200 misses at c=32 vs raw acompletion; event-loop stall; {rounds} round(s)")
     import mlflow
 
     # Made up front: the tracers of several clients that all find it missing race to create it.
     mlflow.MlflowClient().create_experiment(EXPERIMENT)
     with private_redis() as redis_url:
-        return asyncio.run(batch_rounds(base, redis_url, rounds, n=200, concurrency=32))
+        return asyncio.run(batch_rounds(base, redis_url, rounds, n=200, concurrency=32, freeze_gc=freeze_gc))
 
 
 # -- 3. sequential semantic miss --
@@ -535,11 +576,27 @@ def print_summary(rows: list[Row], command: str) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
+def code_version() -> str:
+    """The commit measured, and whether the package had uncommitted changes (a shared tree)."""
+    repo = os.path.dirname(BENCH_DIR)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    dirty = len(git("status", "--porcelain", "--", "mlflow_lite_plugin").splitlines())
+    return (head or "unknown") + (f" + {dirty} uncommitted file(s) in mlflow_lite_plugin/" if dirty else "")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 round per figure, fewer sequential calls")
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     parser.add_argument("--serve", action="store_true", help="also run benchmarks/serve.py (slow)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="diagnostic: gc.freeze() after section 1's warm-up (full collections block the loop)")
+    parser.add_argument("--stub", choices=("process", "thread"), default="process",
+                        help="run the stub provider in a child process (default) or a thread of this one")  # fmt: skip
     return parser.parse_args()
 
 
@@ -548,14 +605,14 @@ def main() -> int:
     sections = set(args.only or [s for s in SECTIONS if s != "serve" or args.serve])
     rounds = 1 if args.quick else 3
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load average {os.getloadavg()}, "
-          f"workdir {WORKDIR}")  # fmt: skip
+    print(f"code {code_version()}; python {sys.version.split()[0]}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()}, workdir {WORKDIR}")  # fmt: skip
     started = time.perf_counter()
     rows: list[Row] = []
-    with StubLLMServer(latency=LATENCY) as stub:
-        base = stub.openai_base
+    with stub_provider(args.stub) as base:
+        print(f"stub provider {base} ({args.stub}), latency {LATENCY * 1e3:.0f} ms")
         if "batch" in sections:
-            rows += measure_batch(base, rounds)
+            rows += measure_batch(base, rounds, args.gc_freeze)
         if "sequential" in sections:
             rows += measure_sequential(base, n=15 if args.quick else 40)
         if "lookup" in sections:
