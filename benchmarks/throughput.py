@@ -38,6 +38,7 @@ they are noisy, and the load average is printed at the start and end)::
     python benchmarks/throughput.py --quick            # 1 round each, 15 sequential calls
     python benchmarks/throughput.py --serve            # + the mlflow models serve ratio
     python benchmarks/throughput.py --only batch --only sequential
+    python benchmarks/throughput.py --only batch --gc-freeze   # are the loop gaps full collections?
 
 The exit code is 0 whatever the numbers: this is a report, not a test. Everything written goes to a
 temporary directory deleted at the end; nothing is downloaded (HF_HUB_OFFLINE=1, LiteLLM's local
