@@ -122,6 +122,7 @@ def measure(n: int = 100_000, repeats: int = 50) -> dict:
     return {
         "n": n,
         "repeats": repeats,
+        "encoder": embedder.encoder,
         "lookup_ratio": max(hit_ratio, miss_ratio),
         "hit_ratio": hit_ratio,
         "miss_ratio": miss_ratio,
@@ -162,8 +163,8 @@ def main() -> None:
     if args.crossover:
         crossover()
     result = measure(args.n, args.repeats)
-    print(f"{result['n']:,} entries in one scope, p50 of {result['repeats']} interleaved rounds "
-          f"(cache built in {result['build_s']:.1f} s)")
+    print(f"{result['n']:,} entries in one scope, p50 of {result['repeats']} interleaved rounds, "
+          f"encoder {result['encoder']} (cache built in {result['build_s']:.1f} s)")
     print(f"{'':<28} {'ms':>8} {'/ embedding':>12}")
     print(f"{'one embedding (hit text)':<28} {result['embed_hit_ms']:>8.2f} {1:>11.2f}x")
     print(f"{'lookup, hit':<28} {result['hit_ms']:>8.2f} {result['hit_ratio']:>11.2f}x")
