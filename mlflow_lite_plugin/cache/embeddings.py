@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import numpy as np
 
 from mlflow_lite_plugin.cache import encoders
+from mlflow_lite_plugin.cache.batcher import MicroBatcher
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from sentence_transformers import SentenceTransformer
@@ -69,9 +70,7 @@ class Embedder:
         self._model: _Model | None = None
         self._dim: int | None = None
         self._load_lock = threading.Lock()
-        # torch inference from several threads at once is not guaranteed safe for every model;
-        # the cache calls encode outside its own lock, so serialise here.
-        self._encode_lock = threading.Lock()
+        self._batcher: MicroBatcher | None = None  # encodes for every thread, one batch at a time
         self._words: OrderedDict[str, np.ndarray] = OrderedDict()
         self._words_lock = threading.Lock()  # the memo is shared by every thread verifying a hit
 
@@ -139,14 +138,31 @@ class Embedder:
         return self._dim
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """L2-normalised float32 embeddings, shape ``(len(texts), dim)``."""
-        model = self._get_model()
+        """L2-normalised float32 embeddings, shape ``(len(texts), dim)``. Concurrent callers'
+        texts are encoded together (:class:`~mlflow_lite_plugin.cache.batcher.MicroBatcher`)."""
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._encode_lock:
-            vectors = model.encode(
-                list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            )
+        return self._batched()(texts)
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        """:meth:`embed` for asyncio: the event loop runs while the batch is encoded."""
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return await self._batched().acall(texts)
+
+    def _batched(self) -> MicroBatcher:
+        if self._batcher is None:
+            with self._load_lock:
+                if self._batcher is None:
+                    self._batcher = MicroBatcher(self._encode, name="embed")
+        return self._batcher
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """One ``encode`` call; only the batcher's worker thread runs it (torch inference from
+        several threads at once is not guaranteed safe for every model)."""
+        vectors = self._get_model().encode(
+            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def embed_words(self, words: Sequence[str]) -> np.ndarray:
@@ -154,14 +170,15 @@ class Embedder:
         if not words:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._words_lock:
-            missing = [w for w in dict.fromkeys(words) if w not in self._words]
-            if missing:
-                for word, vector in zip(missing, self.embed(missing), strict=True):
-                    self._words[word] = vector
-            found = np.stack([self._words[w] for w in words])
-            while len(self._words) > _WORD_CACHE_SIZE:
-                self._words.popitem(last=False)
-        return found
+            known = {w: self._words[w] for w in dict.fromkeys(words) if w in self._words}
+        missing = [w for w in dict.fromkeys(words) if w not in known]
+        if missing:  # encoded outside the lock: other threads' words can join the same batch
+            known.update(zip(missing, self.embed(missing), strict=True))
+            with self._words_lock:
+                self._words.update((w, known[w]) for w in missing)
+                while len(self._words) > _WORD_CACHE_SIZE:
+                    self._words.popitem(last=False)
+        return np.stack([known[w] for w in words])
 
 
 _embedders: dict[tuple[str, str], Embedder] = {}

@@ -35,6 +35,7 @@ from mlflow_lite_plugin.cache.index import VectorIndex
 from mlflow_lite_plugin.cache.verify import normalize
 from mlflow_lite_plugin.cache.verify import verify as verify_pair
 from mlflow_lite_plugin.core.errors import MlflowLiteError
+from mlflow_lite_plugin.core.offload import offload
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import faiss
@@ -72,6 +73,17 @@ class SemanticHit:
     query: str  # the cached query text
     score: float  # cosine similarity (1.0 for the same question after normalisation)
     reason: str  # why verification accepted it
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a lookup found: the ``hit`` (None: a miss), and what to store the answer with: the
+    question's normalised ``key`` and its ``vector``, when it was embedded (not for an empty
+    scope or the same question after normalising)."""
+
+    hit: SemanticHit | None
+    key: str | None = None
+    vector: np.ndarray | None = None
 
 
 @dataclass
@@ -158,19 +170,25 @@ class SemanticCache:
         """The cached value of a question that means the same as ``query`` in ``scope``, or None
         (also for a question longer than ``max_query_chars``). ``key``: ``normalized(query)``,
         when the caller already has it (a call that looks up and then stores normalises once)."""
+        return self.probe(scope, query, key=key).hit
+
+    def probe(self, scope: str, query: str, *, key: str | None = None) -> Probe:
+        """:meth:`lookup`, keeping the question's embedding (if it was computed) for
+        :meth:`store`: a miss that is then stored is embedded once."""
         _check_text("scope", scope)
         _check_text("query", query)
         if not self.fits(query):
             logger.debug("semantic lookup skipped: %d characters > %d", len(query), self.max_query_chars)
-            return None
+            return Probe(None)
         key = normalize(query) if key is None else key
         with self._lock:
             self._purge_expired()
             if not self._by_scope.get(scope):
-                return None
+                return Probe(None, key)
             exact = self._by_key.get((scope, key)) if key else None  # "???" and "!!!" are not one question
             if exact is not None:
-                return self._hit(exact, 1.0, "same question after normalising case, punctuation and inflection")
+                hit = self._hit(exact, 1.0, "same question after normalising case, punctuation and inflection")
+                return Probe(hit, key)
         vector = self._embed([query])  # outside the lock: encoding is the slow part
         candidates = self._search(scope, vector)
         for entry_id, cached_query, score in candidates:
@@ -180,14 +198,22 @@ class SemanticCache:
                 with self._lock:
                     self._purge_expired()
                     if entry_id in self._entries:  # not evicted or expired meanwhile
-                        return self._hit(entry_id, score, reason)
-        return None
+                        return Probe(self._hit(entry_id, score, reason), key, vector)
+        return Probe(None, key, vector)
 
-    def store(self, scope: str, query: str, value: dict, *, key: str | None = None) -> bool:
+    async def aprobe(self, scope: str, query: str, *, key: str | None = None) -> Probe:
+        """:meth:`probe` for asyncio: normalising, embedding, searching and verifying run in the
+        package's worker threads (the embedding batched with other callers'), never on the loop."""
+        return await offload(self.probe, scope, query, key=key)
+
+    def store(
+        self, scope: str, query: str, value: dict, *, key: str | None = None, vector: np.ndarray | None = None
+    ) -> bool:
         """Cache ``value`` (a JSON-serialisable dict) as the answer to ``query`` in ``scope``.
 
         Returns False, storing nothing, for a question longer than ``max_query_chars``. ``key``:
-        ``normalized(query)``, when the caller already has it."""
+        ``normalized(query)`` and ``vector``: its embedding (:attr:`Probe.vector`), when the
+        caller already has them."""
         _check_text("scope", scope)
         _check_text("query", query)
         if not isinstance(value, dict):
@@ -201,7 +227,8 @@ class SemanticCache:
             value = _copy(value)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"value must be JSON-serialisable: {exc}") from exc
-        vector = self._embed([query])
+        if vector is None:
+            vector = self._embed([query])
         now = time.time()
         with self._lock:
             self._purge_expired()
@@ -212,6 +239,12 @@ class SemanticCache:
             self._next_id += 1
             self._evict_over_capacity()
         return True
+
+    async def astore(
+        self, scope: str, query: str, value: dict, *, key: str | None = None, vector: np.ndarray | None = None
+    ) -> bool:
+        """:meth:`store` for asyncio (in the package's worker threads)."""
+        return await offload(self.store, scope, query, value, key=key, vector=vector)
 
     def clear(self) -> None:
         with self._lock:

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlflow_lite_plugin.core import deadline
+from mlflow_lite_plugin.storage.base import adrive, drive
 from mlflow_lite_plugin.storage.errors import BackendSkipped
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 Lookup = Callable[[], "dict[str, Any] | None"]
+ALookup = Callable[[], Awaitable["dict[str, Any] | None"]]
 
 DEFAULT_WAIT = 60.0  # seconds a waiter waits for a leader before it calls by itself
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1  # seconds between two polls of the Redis cache key
@@ -110,46 +113,47 @@ class SingleFlight:
             flight.done.wait(self._wait_time())
             return lookup(), None
         lease = Lease(key, flight)
-        steps = self._lead(lease, lookup)
         try:
-            while True:
-                time.sleep(next(steps))
-        except StopIteration as done:
-            return done.value
+            return drive(self._lead(lease), functools.partial(self._execute, lookup))
         except BaseException:  # interrupted while polling: nobody will release it later
             self.release(lease)
             raise
 
-    async def ajoin(self, key: str, lookup: Lookup) -> tuple[dict[str, Any] | None, Lease | None]:
-        """:meth:`join` for asyncio: waiting never blocks the event loop."""
+    async def ajoin(self, key: str, lookup: ALookup) -> tuple[dict[str, Any] | None, Lease | None]:
+        """:meth:`join` for asyncio (``lookup`` is a coroutine function): waiting, reading the
+        cache and the Redis lock never block the event loop."""
         flight, leader = self._enter(key)
         if not leader:
             await flight.wait_async(self._wait_time())
-            return lookup(), None
+            return await lookup(), None
         lease = Lease(key, flight)
-        steps = self._lead(lease, lookup)
         try:
-            while True:
-                await asyncio.sleep(next(steps))
-        except StopIteration as done:
-            return done.value
+            return await adrive(self._lead(lease), functools.partial(self._aexecute, lookup))
         except BaseException:  # cancelled (a deadline) while polling: nobody will release it later
-            self.release(lease)
+            await self.arelease(lease)
             raise
 
     def release(self, lease: Lease) -> None:
         """End the leader's flight (after it stored its answer, or failed): wake its waiters."""
+        if self._land(lease):
+            assert self.redis is not None and lease.token is not None
+            _released(_attempt(self.redis.lock_release, self.prefix + lease.key, lease.token))
+
+    async def arelease(self, lease: Lease) -> None:
+        """:meth:`release` for asyncio."""
+        if self._land(lease):
+            assert self.redis is not None and lease.token is not None
+            _released(await _aattempt(self.redis.alock_release, self.prefix + lease.key, lease.token))
+
+    # -- internals --
+
+    def _land(self, lease: Lease) -> bool:
+        """End the flight in this process; True if this process also holds the Redis lock."""
         with self._lock:
             if self._flights.get(lease.key) is lease.flight:
                 del self._flights[lease.key]
         lease.flight.finish()
-        if lease.token is not None and self.redis is not None:
-            try:
-                self.redis.lock_release(self.prefix + lease.key, lease.token)
-            except Exception as exc:  # the lock then expires by itself
-                _logger.warning("single flight: releasing the Redis lock failed: %s", exc)
-
-    # -- internals --
+        return lease.token is not None and self.redis is not None
 
     def _enter(self, key: str) -> tuple[_Flight, bool]:
         with self._lock:
@@ -163,52 +167,104 @@ class SingleFlight:
         left = deadline.remaining()
         return self.wait if left is None else max(0.0, min(self.wait, left))
 
-    def _lead(self, lease: Lease, lookup: Lookup) -> Generator[float, None, tuple[dict[str, Any] | None, Lease | None]]:
-        """This process leads ``lease.key``; with Redis, find out whether another process does.
-        Yields the seconds to sleep between two polls (the caller sleeps: thread or asyncio)."""
+    # The leader's protocol is written once, as steps (sans I/O): ``_execute`` runs them with
+    # blocking calls, ``_aexecute`` with coroutines. A Redis step's reply is its result, or the
+    # exception it raised (Redis trouble means "coalesce in this process only", not a failure).
+
+    def _execute(self, lookup: Lookup, step: _Step) -> Any:
+        if isinstance(step, _Sleep):
+            return time.sleep(step.seconds)
+        if isinstance(step, _Read):
+            return lookup()
+        assert self.redis is not None
+        return _attempt(getattr(self.redis, step.op), *step.args)
+
+    async def _aexecute(self, lookup: ALookup, step: _Step) -> Any:
+        if isinstance(step, _Sleep):
+            return await asyncio.sleep(step.seconds)
+        if isinstance(step, _Read):
+            return await lookup()
+        assert self.redis is not None
+        return await _aattempt(getattr(self.redis, f"a{step.op}"), *step.args)
+
+    def _lead(self, lease: Lease) -> Generator[_Step, Any, tuple[dict[str, Any] | None, Lease | None]]:
+        """This process leads ``lease.key``; with Redis, find out whether another process does."""
         if self.redis is None:
             return None, lease
-        answer, held = self._try_lock(lease, lookup)
+        answer, held = yield from self._try_lock(lease)
         started = time.monotonic()
         delay = _POLL_FIRST
         while answer is None and held is None:
             if time.monotonic() - started >= self._wait_time():
                 return None, lease  # waited long enough: call, still leading this process
-            yield delay
+            yield _Sleep(delay)
             delay = min(delay * 2, _POLL_MAX)
-            answer, held = self._poll(lease, lookup)
+            answer, held = yield from self._poll(lease)
         return answer, held
 
-    def _try_lock(self, lease: Lease, lookup: Lookup) -> tuple[dict[str, Any] | None, Lease | None]:
+    def _try_lock(self, lease: Lease) -> Generator[_Step, Any, tuple[dict[str, Any] | None, Lease | None]]:
         """Take the Redis lock (lead every process), or find that another process leads:
         ``(None, None)`` then means "poll"."""
-        assert self.redis is not None
         token = uuid.uuid4().hex
-        try:
-            taken = self.redis.lock_acquire(self.prefix + lease.key, token, self.lock_ttl)
-        except BackendSkipped:  # the cache's circuit is open: coalesce in this process only
+        taken = yield _Redis("lock_acquire", (self.prefix + lease.key, token, self.lock_ttl))
+        if isinstance(taken, BackendSkipped):  # the cache's circuit is open: coalesce in this process only
             return None, lease
-        except Exception as exc:  # Redis down: coalesce in this process only
-            _logger.warning("single flight: the Redis lock is unavailable (coalescing in this process only): %s", exc)
+        if isinstance(taken, Exception):  # Redis down: coalesce in this process only
+            _logger.warning("single flight: the Redis lock is unavailable (coalescing in this process only): %s", taken)
             return None, lease
         if taken:
             lease.token = token
             return None, lease
-        return self._poll(lease, lookup)
+        return (yield from self._poll(lease))
 
-    def _poll(self, lease: Lease, lookup: Lookup) -> tuple[dict[str, Any] | None, Lease | None]:
+    def _poll(self, lease: Lease) -> Generator[_Step, Any, tuple[dict[str, Any] | None, Lease | None]]:
         """Another process leads: its answer, once stored, ends this process's flight too."""
-        assert self.redis is not None
-        answer = lookup()
+        answer = yield _Read()
         if answer is None:
-            try:
-                held = self.redis.lock_held(self.prefix + lease.key)
-            except Exception:
-                held = False
-            if held:
+            held = yield _Redis("lock_held", (self.prefix + lease.key,))
+            if held is True:
                 return None, None  # still in flight there: poll again
-            answer = lookup()  # it may have stored its answer just before it released
+            answer = yield _Read()  # it may have stored its answer just before it released
             if answer is None:
                 return None, lease  # it failed: this process calls by itself
-        self.release(lease)  # wake this process's waiters: the answer is in the cache
+        self._land(lease)  # wake this process's waiters (this process holds no lock): the answer is in the cache
         return answer, None
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Read:
+    """Read the cache key."""
+
+
+@dataclass(frozen=True)
+class _Redis:
+    op: str  # a RedisStorage method with an async twin ``a<op>``
+    args: tuple[Any, ...]
+
+
+_Step = _Sleep | _Read | _Redis
+
+
+def _released(outcome: Any) -> None:
+    if isinstance(outcome, Exception):  # the lock then expires by itself
+        _logger.warning("single flight: releasing the Redis lock failed: %s", outcome)
+
+
+def _attempt(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or the exception it raised."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
+
+
+async def _aattempt(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    try:
+        return await fn(*args)
+    except Exception as exc:
+        return exc

@@ -8,6 +8,7 @@ its :class:`~mlflow_lite_plugin.cache.semantic.SemanticCache` only; the stage ad
 
 from __future__ import annotations
 
+import functools
 import logging
 import numbers
 import time
@@ -27,7 +28,7 @@ from mlflow_lite_plugin.core.response import Response, usage_dict
 from mlflow_lite_plugin.tracing import schema
 
 if TYPE_CHECKING:
-    from mlflow_lite_plugin.cache.semantic import SemanticCache
+    from mlflow_lite_plugin.cache.semantic import Probe, SemanticCache
 
 _logger = logging.getLogger(__name__)
 
@@ -215,7 +216,16 @@ class CacheStage(Stage):
             if storable(response):
                 self.store(call, response)
 
+    async def aafter(self, call: Call, response: Response) -> None:
+        if self.applies(call):
+            self.stats.answered(call, response)
+            if storable(response):
+                await self.astore(call, response)
+
     def store(self, call: Call, response: Response) -> None:
+        raise NotImplementedError
+
+    async def astore(self, call: Call, response: Response) -> None:
         raise NotImplementedError
 
     def clear(self) -> None:
@@ -231,16 +241,25 @@ class CacheStage(Stage):
         A backend skipped by its circuit breaker is not logged again, only put on ``call``'s trace."""
         try:
             return fn(*args)
-        except BackendSkipped as skipped:
-            _logger.debug("%s cache %s skipped: %s", self.kind, action, skipped)
-            if call is not None:
-                call.span.set_attributes({schema.CACHE_BACKEND_SKIPPED: skipped.backend})
-                details = {"kind": self.kind, "action": action, "backend": skipped.backend}
-                call.span.add_event("cache_backend_skipped", {**details, "retry_in_s": round(skipped.retry_in, 3)})
-            return None
         except Exception as exc:
+            return self._went_without(action, exc, call)
+
+    async def aguarded(self, action: str, fn: Any, *args: Any, call: Call | None = None) -> Any:
+        """:meth:`guarded` for a coroutine function."""
+        try:
+            return await fn(*args)
+        except Exception as exc:
+            return self._went_without(action, exc, call)
+
+    def _went_without(self, action: str, exc: Exception, call: Call | None) -> None:
+        if isinstance(exc, BackendSkipped):
+            _logger.debug("%s cache %s skipped: %s", self.kind, action, exc)
+            if call is not None:
+                call.span.set_attributes({schema.CACHE_BACKEND_SKIPPED: exc.backend})
+                details = {"kind": self.kind, "action": action, "backend": exc.backend}
+                call.span.add_event("cache_backend_skipped", {**details, "retry_in_s": round(exc.retry_in, 3)})
+        else:
             _logger.warning("%s cache %s failed (the call goes on without it): %s", self.kind, action, exc)
-            return None
 
 
 class ExactCacheStage(CacheStage):
@@ -277,33 +296,34 @@ class ExactCacheStage(CacheStage):
         return {"backend": type(self.backend).__name__.removesuffix("Backend").lower(), "ttl": self.ttl}
 
     def before(self, call: Call) -> Response | None:
-        key, response = self._lookup(call)
-        if response is not None or key is None:
+        if not self.applies(call):
+            return None
+        key = call.state["exact_key"] = exact_key(call)
+        read = functools.partial(self.guarded, "lookup", self.backend.get, key, call=call)
+        response, joins = self._looked_up(call, key, read())
+        if not joins:
             return response
-        return self._joined(call, key, *self.flights.join(key, self._reader(call, key)))
+        return self._joined(call, key, *self.flights.join(key, read))
 
     async def abefore(self, call: Call) -> Response | None:
-        key, response = self._lookup(call)
-        if response is not None or key is None:
-            return response
-        return self._joined(call, key, *await self.flights.ajoin(key, self._reader(call, key)))
-
-    def _lookup(self, call: Call) -> tuple[str | None, Response | None]:
-        """``(key, hit)``; ``(key, None)``: a miss that may join a flight; ``(None, None)``: the
-        cache does not apply."""
         if not self.applies(call):
-            return None, None
+            return None
         key = call.state["exact_key"] = exact_key(call)
-        entry = self.guarded("lookup", self.backend.get, key, call=call)
+        read = functools.partial(self.aguarded, "lookup", self.backend.aget, key, call=call)
+        response, joins = self._looked_up(call, key, await read())
+        if not joins:
+            return response
+        return self._joined(call, key, *await self.flights.ajoin(key, read))
+
+    def _looked_up(self, call: Call, key: str, entry: dict[str, Any] | None) -> tuple[Response | None, bool]:
+        """``(hit, False)``; ``(None, True)``: a miss that joins a flight; ``(None, False)``: a
+        miss that does not (a stream)."""
         if entry is not None and self.usable(call, entry):
-            return key, self.hit(call, entry, key=key[:16])
+            return self.hit(call, entry, key=key[:16]), False
         if call.request.stream:  # a stream wants its first tokens now, not after another call
             self.miss(call)
-            return None, None
-        return key, None
-
-    def _reader(self, call: Call, key: str) -> Any:
-        return lambda: self.guarded("lookup", self.backend.get, key, call=call)
+            return None, False
+        return None, True
 
     def _joined(self, call: Call, key: str, entry: dict[str, Any] | None, lease: Lease | None) -> Response | None:
         if lease is not None:
@@ -316,26 +336,56 @@ class ExactCacheStage(CacheStage):
     def after(self, call: Call, response: Response) -> None:
         try:
             super().after(call, response)
-            # A semantic hit is the answer to this exact question too: keep it here, so the next
-            # identical question skips the embedding.
-            entry = call.state.get("semantic_entry")
-            if response.cached == "semantic" and entry and "exact_key" in call.state and self.applies(call):
+            entry = self._semantic_entry(call, response)
+            if entry is not None:
                 self.guarded("store", self.backend.set, call.state["exact_key"], entry, self.ttl, call=call)
         finally:
             self._land(call)
 
+    async def aafter(self, call: Call, response: Response) -> None:
+        try:
+            await super().aafter(call, response)
+            entry = self._semantic_entry(call, response)
+            if entry is not None:
+                await self.aguarded("store", self.backend.aset, call.state["exact_key"], entry, self.ttl, call=call)
+        finally:
+            await self._aland(call)
+
+    def _semantic_entry(self, call: Call, response: Response) -> dict[str, Any] | None:
+        """A semantic hit is the answer to this exact question too: kept here, the next identical
+        question skips the embedding."""
+        entry = call.state.get("semantic_entry")
+        if response.cached == "semantic" and entry and "exact_key" in call.state and self.applies(call):
+            return entry
+        return None
+
     def on_error(self, call: Call, error: BaseException) -> None:
         self._land(call)
 
+    async def aon_error(self, call: Call, error: BaseException) -> None:
+        await self._aland(call)
+
+    # Ending this call's flight, if it led one (after its answer is stored, or on an error): its
+    # waiters read the cache (or call themselves).
+
     def _land(self, call: Call) -> None:
-        """End this call's flight, if it led one: its waiters read the cache (or call themselves)."""
         lease = call.state.pop("flight", None)
         if lease is not None:
             self.flights.release(lease)
 
+    async def _aland(self, call: Call) -> None:
+        lease = call.state.pop("flight", None)
+        if lease is not None:
+            await self.flights.arelease(lease)
+
     def store(self, call: Call, response: Response) -> None:
         if "exact_key" in call.state:  # the lookup ran (a stage before it may have answered)
             self.guarded("store", self.backend.set, call.state["exact_key"], to_entry(response), self.ttl, call=call)
+
+    async def astore(self, call: Call, response: Response) -> None:
+        if "exact_key" in call.state:
+            entry = to_entry(response)
+            await self.aguarded("store", self.backend.aset, call.state["exact_key"], entry, self.ttl, call=call)
 
     def remember(self, call: Call, response: Response) -> None:
         self.backend.set(exact_key(call), to_entry(response), self.ttl)
@@ -374,6 +424,19 @@ class SemanticCacheStage(CacheStage):
         return {"threshold": self.cache.threshold, "ttl": self.cache.ttl}
 
     def before(self, call: Call) -> Response | None:
+        asked = self._question(call)
+        if asked is None:
+            return None
+        return self._found(call, asked, self.guarded("lookup", self.cache.probe, *asked, call=call))
+
+    async def abefore(self, call: Call) -> Response | None:
+        asked = self._question(call)
+        if asked is None:
+            return None
+        return self._found(call, asked, await self.aguarded("lookup", self.cache.aprobe, *asked, call=call))
+
+    def _question(self, call: Call) -> tuple[str, str] | None:
+        """``(scope, question)`` to look up, or None when this call may not use the cache."""
         query = call.request.prompt_text
         if not self.applies(call) or not query.strip() or _asks_about_images(call):
             return None
@@ -385,10 +448,12 @@ class SemanticCacheStage(CacheStage):
             details = {"reason": "query_too_long", "query_chars": len(query), "max_query_chars": limit}
             call.span.add_event("semantic_cache_skipped", details)
             return None
-        scope = scope_key(call)
-        key = self.guarded("normalise", self.cache.normalized, query)  # once: lookup and store share it
-        call.state["semantic"] = (scope, query, key)
-        hit = self.guarded("lookup", lambda: self.cache.lookup(scope, query, key=key))
+        return scope_key(call), query
+
+    def _found(self, call: Call, asked: tuple[str, str], probe: Probe | None) -> Response | None:
+        if probe is not None:  # its key and vector: a miss is stored without normalising or embedding again
+            call.state["semantic"] = (*asked, probe)
+        hit = probe.hit if probe is not None else None
         if hit is None or not self.usable(call, hit.value):
             self.miss(call)
             return None
@@ -396,10 +461,17 @@ class SemanticCacheStage(CacheStage):
         return self.hit(call, hit.value, similarity=round(hit.score, 4), matched_query=hit.query, reason=hit.reason)
 
     def store(self, call: Call, response: Response) -> None:
-        if "semantic" not in call.state:
-            return
-        scope, query, key = call.state["semantic"]
-        self.guarded("store", lambda: self.cache.store(scope, query, to_entry(response), key=key))
+        if "semantic" in call.state:
+            self.guarded("store", self._storing(self.cache.store, call, response))
+
+    async def astore(self, call: Call, response: Response) -> None:
+        if "semantic" in call.state:
+            await self.aguarded("store", self._storing(self.cache.astore, call, response))
+
+    @staticmethod
+    def _storing(store: Any, call: Call, response: Response) -> Any:
+        scope, query, probe = call.state["semantic"]
+        return functools.partial(store, scope, query, to_entry(response), key=probe.key, vector=probe.vector)
 
     def clear(self) -> None:
         self.cache.clear()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlflow_lite_plugin.core.errors import ArgumentError
+from mlflow_lite_plugin.core.offload import offload
 from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Stage
 from mlflow_lite_plugin.core.results import MetricResult  # re-exported: the response carries it
 from mlflow_lite_plugin.tracing import schema
@@ -109,6 +110,11 @@ class MetricsStage(Stage):
     def summary(self) -> str:
         """E.g. ``words, polite``."""
         return ", ".join(self.metrics.names())
+
+    async def aafter(self, call: Call, response: Response) -> None:
+        # Metrics are the user's functions (a judge may call a model): never on the event loop.
+        if len(self.metrics):
+            await offload(self.after, call, response)
 
     def after(self, call: Call, response: Response) -> None:
         if not len(self.metrics) or response.finish_reason == "cancelled":

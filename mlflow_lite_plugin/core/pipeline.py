@@ -111,8 +111,17 @@ class Stage:
     def after(self, call: Call, response: Response) -> None:
         pass
 
+    async def aafter(self, call: Call, response: Response) -> None:
+        """``after`` for asyncio. A stage whose ``after`` waits on I/O (a store, a ledger)
+        overrides it, so the event loop never blocks; the default runs ``after`` in place."""
+        self.after(call, response)
+
     def on_error(self, call: Call, error: BaseException) -> None:
         pass
+
+    async def aon_error(self, call: Call, error: BaseException) -> None:
+        """``on_error`` for asyncio (see :meth:`aafter`)."""
+        self.on_error(call, error)
 
     def reask(self, call: Call, response: Response) -> bool:
         return False
@@ -315,9 +324,16 @@ class Pipeline:
                 if response is not None:
                     break
             response = response or await self._aanswer(call)
-            self._after(call, response)
+            for stage in reversed(self.stages):
+                await stage.aafter(call, response)
         except BaseException as error:
-            self._fail(call, error)
+            call.state["failed"] = error
+            for stage in self.stages:
+                try:
+                    await stage.aon_error(call, error)
+                except Exception as cleanup_error:
+                    self._cleanup_failed(call, stage, cleanup_error)
+            self._failed(call, error)
             raise
         return self._finish(call, response)
 
@@ -414,8 +430,17 @@ class Pipeline:
         for stage in self.stages:
             try:
                 stage.on_error(call, error)
-            except Exception as cleanup_error:  # a cleanup bug must not hide the real error
-                call.span.add_event("stage_error", {"stage": stage.name, "error": repr(cleanup_error)})
+            except Exception as cleanup_error:
+                self._cleanup_failed(call, stage, cleanup_error)
+        self._failed(call, error)
+
+    @staticmethod
+    def _cleanup_failed(call: Call, stage: Stage, cleanup_error: Exception) -> None:
+        """A cleanup bug must not hide the real error: it goes on the trace."""
+        call.span.add_event("stage_error", {"stage": stage.name, "error": repr(cleanup_error)})
+
+    def _failed(self, call: Call, error: BaseException) -> None:
+        """Record ``error`` (after every stage's ``on_error``) and end the trace."""
         billed = _billed(call)
         if isinstance(error, TracedError):
             error._trace = call.span.trace_ref

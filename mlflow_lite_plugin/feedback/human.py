@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.messages import content_text, last_user_text
+from mlflow_lite_plugin.core.offload import offload
 from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Settings, Stage
 from mlflow_lite_plugin.tracing import schema
 from mlflow_lite_plugin.tracing.schema import CORRECTION, EXAMPLES_PREFIX, HUMAN, RATING, ROOT_SPANS
@@ -641,6 +642,10 @@ class FewShotStage(Stage):
 
     def describe(self) -> dict[str, Any]:
         return asdict(self.learner.settings)
+
+    async def abefore(self, call: Call) -> Response | None:
+        # The lookup embeds the question: in the package's worker threads, off the event loop.
+        return await offload(self.before, call) if self.learner.enabled else None
 
     def before(self, call: Call) -> Response | None:
         if not self.learner.enabled:

@@ -14,12 +14,11 @@ operations use one connection per thread; the ledger uses one connection per pro
 lock, and its check-and-reserve is one ``BEGIN IMMEDIATE`` transaction (the write lock is taken
 before reading), so threads of a process queue on the lock instead of polling the file lock, and
 ``PRAGMA data_version`` (per connection) tells it when another process changed the file. A
-forked child opens its own connections. Async twins run the operation in a worker thread.
+forked child opens its own connections. Async twins run the operation in a worker thread (``core.offload``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
@@ -29,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mlflow_lite_plugin.core.offload import offload
 from mlflow_lite_plugin.storage.base import Storage
 from mlflow_lite_plugin.storage.breaker import BreakerSettings
 from mlflow_lite_plugin.storage.memory import expiry
@@ -161,7 +161,7 @@ class SQLiteStorage(Storage):
 
     async def arun(self, op: Callable[..., _T], *args: Any, transaction: bool = False) -> _T:
         """:meth:`run` in a worker thread, so the event loop runs on meanwhile."""
-        return await asyncio.to_thread(self.run, op, *args, transaction=transaction)
+        return await offload(self.run, op, *args, transaction=transaction)
 
     def _run(self, op: Callable[..., _T], args: tuple[Any, ...], transaction: bool) -> _T:
         if not transaction:
@@ -262,42 +262,42 @@ class SQLiteStorage(Storage):
     # -- async twins (boilerplate of one shape: the operation in a worker thread) --
 
     async def aget(self, key: str) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self.get, key)
+        return await offload(self.get, key)
 
     async def aset(self, key: str, value: dict[str, Any], ttl: float | None) -> None:
-        await asyncio.to_thread(self.set, key, value, ttl)
+        await offload(self.set, key, value, ttl)
 
     async def aclear(self) -> None:
-        await asyncio.to_thread(self.clear)
+        await offload(self.clear)
 
     async def acount(self) -> int:
-        return await asyncio.to_thread(self.count)
+        return await offload(self.count)
 
     async def aledger_reserve(self, buckets: Buckets, reservation_id: str, amount: float, ttl: float) -> Miss | None:
-        return await asyncio.to_thread(self.ledger_reserve, buckets, reservation_id, amount, ttl)
+        return await offload(self.ledger_reserve, buckets, reservation_id, amount, ttl)
 
     async def aledger_settle(
         self, reservation_id: str, buckets: Sequence[tuple[str, str]], actual: float
     ) -> list[float]:
-        return await asyncio.to_thread(self.ledger_settle, reservation_id, buckets, actual)
+        return await offload(self.ledger_settle, reservation_id, buckets, actual)
 
     async def aledger_renew(self, reservation_ids: Sequence[str], buckets: Sequence[tuple[str, str]]) -> None:
-        await asyncio.to_thread(self.ledger_renew, reservation_ids, buckets)
+        await offload(self.ledger_renew, reservation_ids, buckets)
 
     async def aledger_bucket(self, scope: str, period: str, ttl: float) -> tuple[float, float]:
-        return await asyncio.to_thread(self.ledger_bucket, scope, period, ttl)
+        return await offload(self.ledger_bucket, scope, period, ttl)
 
     async def aledger_version(self) -> int:
-        return await asyncio.to_thread(self.ledger_version)
+        return await offload(self.ledger_version)
 
     async def aledger_mark(self, scope: str, period: str, threshold: float) -> bool:
-        return await asyncio.to_thread(self.ledger_mark, scope, period, threshold)
+        return await offload(self.ledger_mark, scope, period, threshold)
 
     async def aappend(self, log: str, test: str, row: tuple[Any, ...]) -> None:
-        await asyncio.to_thread(self.append, log, test, row)
+        await offload(self.append, log, test, row)
 
     async def arows(self, log: str, test: str) -> list[tuple[Any, ...]]:
-        return await asyncio.to_thread(self.rows, log, test)
+        return await offload(self.rows, log, test)
 
 
 # -- the operations (each takes the connection first) --

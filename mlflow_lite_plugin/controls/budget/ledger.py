@@ -317,6 +317,13 @@ class Ledger:
         self._signal.notify()
         return totals
 
+    async def asettle(self, reservation: Reservation, actual: float) -> list[float]:
+        """:meth:`settle` through the storage's async twin."""
+        _leases.drop(self, reservation)
+        totals = await self.storage.aledger_settle(reservation.id, reservation.buckets, self._check_amount(actual))
+        self._signal.notify()
+        return totals
+
     def release(self, reservation: Reservation) -> list[float]:
         """Drop a reservation without spending (the call failed before anything was paid)."""
         return self.settle(reservation, 0.0)

@@ -67,6 +67,7 @@ from mlflow_lite_plugin.controls.budget.settings import BudgetSettings
 from mlflow_lite_plugin.core import deadline
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.model_names import litellm_module
+from mlflow_lite_plugin.core.offload import offload
 from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Stage
 from mlflow_lite_plugin.core.pricing import usd
 from mlflow_lite_plugin.tracing import schema
@@ -393,13 +394,20 @@ class BudgetStage(Stage):
         call.span.add_event("budget_unavailable", {"error": repr(exc)})
         return BudgetLedgerError(f"The budget ledger could not be reached, so the call was refused: {exc}")
 
+    # call.spent: the answered attempts, and on an error the text a broken stream delivered (the
+    # pipeline adds it before these hooks run); the trace records the same figure.
+
     def after(self, call: Call, response: Response) -> None:
-        self._settle(call, call.spent)
+        self._settle(call)
+
+    async def aafter(self, call: Call, response: Response) -> None:
+        await self._asettle(call)
 
     def on_error(self, call: Call, error: BaseException) -> None:
-        # call.spent: the answered attempts, and the text a broken stream delivered (the
-        # pipeline adds it before this hook runs); the trace records the same figure.
-        self._settle(call, call.spent)
+        self._settle(call)
+
+    async def aon_error(self, call: Call, error: BaseException) -> None:
+        await self._asettle(call)
 
     # -- internals --
 
@@ -453,16 +461,39 @@ class BudgetStage(Stage):
         self._fire(call, error.scope, period, error.limit, error.spent, refused=True)
         return error
 
-    def _settle(self, call: Call, actual: float) -> None:
+    def _settle(self, call: Call) -> None:
         held: _Held | None = call.state.pop(self.name, None)
         if held is None:  # refused, or already settled (a closed stream)
             return
         try:
-            totals = self.ledger.settle(held.reservation, max(0.0, actual))
+            totals = self.ledger.settle(held.reservation, max(0.0, call.spent))
         except Exception as exc:  # the call is answered (and paid): never fail it here
-            _logger.error("Budget: could not record $%s spent by a call: %s", actual, exc)
-            call.span.add_event("budget_settle_failed", {"error": repr(exc), "spent_usd": actual})
+            self._settle_failed(call, exc)
             return
+        self._settled(call, held, totals)
+
+    async def _asettle(self, call: Call) -> None:
+        held: _Held | None = call.state.pop(self.name, None)
+        if held is None:
+            return
+        try:
+            totals = await self.ledger.asettle(held.reservation, max(0.0, call.spent))
+        except Exception as exc:
+            self._settle_failed(call, exc)
+            return
+        if self.alerts:  # an alert that fires writes its mark to the ledger: off the event loop
+            await offload(self._settled, call, held, totals)
+        else:
+            self._settled(call, held, totals)
+
+    @staticmethod
+    def _settle_failed(call: Call, exc: Exception) -> None:
+        _logger.error("Budget: could not record $%s spent by a call: %s", call.spent, exc)
+        call.span.add_event("budget_settle_failed", {"error": repr(exc), "spent_usd": call.spent})
+
+    def _settled(self, call: Call, held: _Held, totals: list[float]) -> None:
+        """Put the new spend on the trace; fire the alerts it crossed."""
+        actual = max(0.0, call.spent)
         attributes: dict[str, Any] = {schema.BUDGET_CHARGED_USD: actual}
         for (period, limit), total in zip(held.periods, totals, strict=True):
             attributes[schema.budget_spent_attribute(period.name)] = total
