@@ -29,13 +29,14 @@ PACKAGE = "mlflow_lite_plugin"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
 # Bottom to top: a folder imports only folders in layers below its own (never a peer in its layer).
-# Top-level modules are layers of their own: version.py under everything (the flavor and the run tags
-# read it), client.py under the integrations that build on it, and the package's face (__init__) above
-# every library folder: its lazy names are loaded by importlib, which this graph cannot see, so nothing
-# below may import it. The flavor sits under the workflows because an A/B test loads saved models; the
-# test stub (testing/) sits with the apps, so no library code can come to depend on it.
+# Top-level modules are layers of their own: version.py and heap.py under everything (the flavor and
+# the run tags read the version; whatever loads a heavy library freezes the heap), client.py under the
+# integrations that build on it, and the package's face (__init__) above every library folder: its
+# lazy names are loaded by importlib, which this graph cannot see, so nothing below may import it.
+# The flavor sits under the workflows because an A/B test loads saved models; the test stub
+# (testing/) sits with the apps, so no library code can come to depend on it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("version",),
+    ("version", "heap"),
     ("security",),
     ("tracing",),
     ("core",),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
+from mlflow_lite_plugin import heap
 from mlflow_lite_plugin.cache import encoders
 from mlflow_lite_plugin.cache.batcher import MicroBatcher
 
@@ -79,6 +80,7 @@ class Embedder:
             with self._load_lock:
                 if self._model is None:
                     self._model = self._load()
+                    heap.freeze_loaded(f"embedding model {self.name} ({self.encoder})")
         return self._model
 
     def _load(self) -> _Model:

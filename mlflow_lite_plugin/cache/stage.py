@@ -21,6 +21,7 @@ from mlflow_lite_plugin.cache.keys import exact_key, scope_key
 from mlflow_lite_plugin.cache.singleflight import Lease, SingleFlight
 from mlflow_lite_plugin.cache.stats import CacheStats
 from mlflow_lite_plugin.controls.validation.stage import check_answer
+from mlflow_lite_plugin.core import offload
 from mlflow_lite_plugin.core.attachments import has_images
 from mlflow_lite_plugin.core.errors import ArgumentError, check_number
 from mlflow_lite_plugin.core.pipeline import STAGE_ORDER, Call, Settings, Stage
@@ -407,6 +408,7 @@ class SemanticCacheStage(CacheStage):
     def __init__(self, cache: SemanticCache, **rules: Any):
         super().__init__(**rules)
         self.cache = cache  # the one owner of the threshold, ttl, model...: the stage keeps none
+        offload.warm_up()  # async lookups run in its threads: started now, not in the first call
 
     @classmethod
     def from_settings(

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
+from mlflow_lite_plugin import heap
 from mlflow_lite_plugin.core import environment  # noqa: F401  (LiteLLM's price map read locally)
 from mlflow_lite_plugin.core.errors import ArgumentError
 from mlflow_lite_plugin.core.offline import register_offline_provider
@@ -42,6 +43,7 @@ def litellm_module() -> ModuleType:
     # carry the provider's message, and stdout belongs to the caller (the CLI streams answers).
     litellm.suppress_debug_info = True
     register_offline_provider(litellm)
+    heap.freeze_loaded("litellm")
     return litellm
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlflow_lite_plugin.core.offload import offload
+from mlflow_lite_plugin.core import offload
 from mlflow_lite_plugin.storage.base import Storage
 from mlflow_lite_plugin.storage.breaker import BreakerSettings
 from mlflow_lite_plugin.storage.memory import expiry
@@ -113,6 +113,7 @@ class SQLiteStorage(Storage):
         breaker: BreakerSettings | None = None,
     ):
         super().__init__((sqlite3.DatabaseError, OSError), breaker)
+        offload.warm_up()  # the async twins' threads start now, not inside the first async call
         self.path = Path(path)
         self.max_entries = max_entries
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +162,7 @@ class SQLiteStorage(Storage):
 
     async def arun(self, op: Callable[..., _T], *args: Any, transaction: bool = False) -> _T:
         """:meth:`run` in a worker thread, so the event loop runs on meanwhile."""
-        return await offload(self.run, op, *args, transaction=transaction)
+        return await offload.offload(self.run, op, *args, transaction=transaction)
 
     def _run(self, op: Callable[..., _T], args: tuple[Any, ...], transaction: bool) -> _T:
         if not transaction:
@@ -262,42 +263,42 @@ class SQLiteStorage(Storage):
     # -- async twins (boilerplate of one shape: the operation in a worker thread) --
 
     async def aget(self, key: str) -> dict[str, Any] | None:
-        return await offload(self.get, key)
+        return await offload.offload(self.get, key)
 
     async def aset(self, key: str, value: dict[str, Any], ttl: float | None) -> None:
-        await offload(self.set, key, value, ttl)
+        await offload.offload(self.set, key, value, ttl)
 
     async def aclear(self) -> None:
-        await offload(self.clear)
+        await offload.offload(self.clear)
 
     async def acount(self) -> int:
-        return await offload(self.count)
+        return await offload.offload(self.count)
 
     async def aledger_reserve(self, buckets: Buckets, reservation_id: str, amount: float, ttl: float) -> Miss | None:
-        return await offload(self.ledger_reserve, buckets, reservation_id, amount, ttl)
+        return await offload.offload(self.ledger_reserve, buckets, reservation_id, amount, ttl)
 
     async def aledger_settle(
         self, reservation_id: str, buckets: Sequence[tuple[str, str]], actual: float
     ) -> list[float]:
-        return await offload(self.ledger_settle, reservation_id, buckets, actual)
+        return await offload.offload(self.ledger_settle, reservation_id, buckets, actual)
 
     async def aledger_renew(self, reservation_ids: Sequence[str], buckets: Sequence[tuple[str, str]]) -> None:
-        await offload(self.ledger_renew, reservation_ids, buckets)
+        await offload.offload(self.ledger_renew, reservation_ids, buckets)
 
     async def aledger_bucket(self, scope: str, period: str, ttl: float) -> tuple[float, float]:
-        return await offload(self.ledger_bucket, scope, period, ttl)
+        return await offload.offload(self.ledger_bucket, scope, period, ttl)
 
     async def aledger_version(self) -> int:
-        return await offload(self.ledger_version)
+        return await offload.offload(self.ledger_version)
 
     async def aledger_mark(self, scope: str, period: str, threshold: float) -> bool:
-        return await offload(self.ledger_mark, scope, period, threshold)
+        return await offload.offload(self.ledger_mark, scope, period, threshold)
 
     async def aappend(self, log: str, test: str, row: tuple[Any, ...]) -> None:
-        await offload(self.append, log, test, row)
+        await offload.offload(self.append, log, test, row)
 
     async def arows(self, log: str, test: str) -> list[tuple[Any, ...]]:
-        return await offload(self.rows, log, test)
+        return await offload.offload(self.rows, log, test)
 
 
 # -- the operations (each takes the connection first) --

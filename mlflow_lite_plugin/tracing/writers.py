@@ -22,6 +22,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
+from mlflow_lite_plugin import heap
 from mlflow_lite_plugin.tracing import store
 
 if TYPE_CHECKING:
@@ -195,11 +196,12 @@ def _flush_at_worker_exit(writer: QueueWriter) -> None:
 class ThreadWriter(QueueWriter):
     """Replays each trace through MLflow's span API, in this process, one at a time.
 
-    A flush that finds more than ``DRAIN_MIN`` traces waiting (the end of a long ``ml.batch``, or
-    interpreter exit) writes them itself with MLflow's multi-trace ``log_spans``, the process
-    exporter's path (:func:`.batch.write_now`), at about a tenth of the CPU per trace: they are
-    written in seconds instead of being dropped at the flush timeout, without trace metadata
-    (``mlflow.user``, ``mlflow.source.*``, ``mlflow.modelId``).
+    When more than ``DRAIN_MIN`` traces are waiting (a burst of calls, the end of a long
+    ``ml.batch``, interpreter exit), the backlog is written with MLflow's multi-trace
+    ``log_spans``, the process exporter's path (:func:`.batch.write_now`), at about a tenth of the
+    CPU per trace: they are written in seconds, without slowing the calls and without being
+    dropped at the flush timeout, but without trace metadata (``mlflow.user``,
+    ``mlflow.source.*``, ``mlflow.modelId``).
     """
 
     mode = "thread"
@@ -220,7 +222,13 @@ class ThreadWriter(QueueWriter):
             self.done(trace.ref, trace_id)
 
     def write(self, traces: list[RecordedTrace]) -> None:
+        # A burst of calls (async_batch, a busy server) outpaces one-by-one writing: its backlog
+        # goes in batches at a tenth of the CPU, which this process's calls would otherwise lose
+        # to the writer (the GIL). A call now and then keeps MLflow's full per-trace export.
+        self.drain()
         import mlflow
+
+        heap.freeze_loaded("mlflow")
 
         # MLflow's export would create a fresh store's schema unserialised (and drop the trace if
         # another process is creating it too): open the store first, safely, once.

@@ -267,6 +267,30 @@ def test_a_flush_writes_a_backlog_in_batches_in_the_thread_writer():
     assert {t.info.trace_id for t in in_run} == set(traces)
 
 
+def test_the_thread_writer_writes_a_burst_in_batches_without_a_flush():
+    """A burst of calls outpaces one-by-one writing: the writer itself takes the backlog in
+    batches (a tenth of the CPU), so it does not compete with the calls for the GIL."""
+    import threading
+
+    client = ml.Client()
+    writer = client.tracer._writer
+    release, original = threading.Event(), writer.write
+    writer.write = lambda batch: (release.wait(60), original(batch))  # busy on one while the burst arrives
+    marker = uuid.uuid4().hex
+    n = 40
+    responses = [client.query(f"burst {i}", model="lite/echo", tags={"test_marker": marker}) for i in range(n)]
+    release.set()
+    deadline = time.monotonic() + 30
+    while not all(r._trace._done.is_set() for r in responses) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(r._trace._done.is_set() and r.trace_id for r in responses)  # no flush was asked for
+    client.flush_traces()
+    traces = {t.info.trace_id: t for t in _traces_tagged(marker)}
+    assert set(traces) == {r.trace_id for r in responses}
+    # only the trace the writer was busy with went through MLflow's one-by-one export
+    assert sum("mlflow.user" in t.info.trace_metadata for t in traces.values()) == 1
+
+
 def test_the_exporter_writes_to_a_tracking_server_over_http(stub, openai_kw, tmp_path, monkeypatch):
     """Replicas trace to a shared ``mlflow server``: the batches go over its REST API (OTLP
     ingestion), with tags, previews, usage and metric feedback."""
