@@ -317,7 +317,7 @@ class Client:
         threshold: float | None = None,
         model: str | None = None,
         ttl: float | None = None,
-        max_entries: int = 10_000,
+        max_entries: int = 100_000,
         max_temperature: float | None = None,
         verify: bool = True,
         cache: SemanticCache | None = None,
