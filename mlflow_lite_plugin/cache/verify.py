@@ -22,6 +22,7 @@ entities with word-level embeddings ("US" vs "America") instead of rejecting the
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections import Counter
@@ -204,7 +205,10 @@ def _split_contraction(word: str) -> list[str]:
     return [base, expanded] if expanded else [base]
 
 
-def _tokens(text: str) -> list[Token]:
+@functools.lru_cache(maxsize=4096)
+def _tokens(text: str) -> tuple[Token, ...]:
+    """Memoised: a lookup verifies its question against up to five cached ones, twice each, and a
+    cached question is verified again on every lookup that finds it near."""
     text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
     out: list[Token] = []
     for match in _TOKEN.finditer(text.replace("-", " ")):
@@ -221,7 +225,7 @@ def _tokens(text: str) -> list[Token]:
         for i, part in enumerate(_split_contraction(surface)):
             first = i == 0
             out.append(Token(surface, part, stem(part), form(part), capitalised and first, identifier and first))
-    return _merge_numbers(out)
+    return tuple(_merge_numbers(out))
 
 
 def _after_sentence_break(text: str, position: int) -> bool:
