@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 DRAIN_MIN = 20  # a flush finding more traces than this waiting writes them in batches
+BURST_MIN = 4  # the thread writer finding more than this waiting (a burst) writes them in batches
 
 
 class CallerLinks(NamedTuple):
@@ -150,8 +151,9 @@ class QueueWriter:
         """Write ``traces`` (from the writer thread), calling :meth:`done` for each."""
         raise NotImplementedError
 
-    def drain(self) -> None:
-        """At the start of a flush: a chance to write a backlog faster than one by one."""
+    def drain(self, at_least: int = DRAIN_MIN) -> None:
+        """At the start of a flush: a chance to write a backlog (more than ``at_least`` waiting)
+        faster than one by one."""
 
     def after_flush(self) -> None:
         """After a flush: anything buffered downstream of this writer."""
@@ -196,8 +198,9 @@ def _flush_at_worker_exit(writer: QueueWriter) -> None:
 class ThreadWriter(QueueWriter):
     """Replays each trace through MLflow's span API, in this process, one at a time.
 
-    When more than ``DRAIN_MIN`` traces are waiting (a burst of calls, the end of a long
-    ``ml.batch``, interpreter exit), the backlog is written with MLflow's multi-trace
+    When more than ``BURST_MIN`` traces are waiting as it takes the next (a burst of calls), or
+    more than ``DRAIN_MIN`` at a flush (the end of a long ``ml.batch``, interpreter exit), the
+    backlog is written with MLflow's multi-trace
     ``log_spans``, the process exporter's path (:func:`.batch.write_now`), at about a tenth of the
     CPU per trace: they are written in seconds, without slowing the calls and without being
     dropped at the flush timeout, but without trace metadata (``mlflow.user``,
@@ -209,9 +212,9 @@ class ThreadWriter(QueueWriter):
     _unflushed = False  # written to MLflow since its export queue was last flushed
     _destination: Destinations | None = None  # created when first needed
 
-    def drain(self) -> None:
+    def drain(self, at_least: int = DRAIN_MIN) -> None:
         with self._cond:
-            if len(self._pending) <= DRAIN_MIN:
+            if len(self._pending) <= at_least:
                 return
             backlog = list(self._pending)
             self._pending.clear()
@@ -225,7 +228,7 @@ class ThreadWriter(QueueWriter):
         # A burst of calls (async_batch, a busy server) outpaces one-by-one writing: its backlog
         # goes in batches at a tenth of the CPU, which this process's calls would otherwise lose
         # to the writer (the GIL). A call now and then keeps MLflow's full per-trace export.
-        self.drain()
+        self.drain(BURST_MIN)
         import mlflow
 
         heap.freeze_loaded("mlflow")
