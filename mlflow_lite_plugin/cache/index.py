@@ -71,6 +71,10 @@ class VectorIndex:
     def __contains__(self, entry_id: object) -> bool:
         return entry_id in self._scope_of
 
+    def holds(self, scope: str) -> bool:
+        """Whether ``scope`` has any vector (a scope's last removal drops it)."""
+        return scope in self._scopes
+
     def add(self, scope: str, ids: Iterable[int], vectors: np.ndarray) -> None:
         """Add ``vectors`` (one row per id) to ``scope``; an id must not be present already."""
         ids = np.fromiter(ids, dtype=np.int64)

@@ -151,7 +151,6 @@ class SemanticCache:
         self._index: VectorIndex | None = None  # one per cache, per-scope inside; made at the first add
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
         self._by_key: dict[tuple[str, str], int] = {}
-        self._by_scope: dict[str, set[int]] = {}
         self._ages: deque[tuple[float, int]] = deque()  # (created_at, id), oldest first: TTL purge
         self._next_id = 0
 
@@ -183,7 +182,7 @@ class SemanticCache:
         key = normalize(query) if key is None else key
         with self._lock:
             self._purge_expired()
-            if not self._by_scope.get(scope):
+            if self._index is None or not self._index.holds(scope):
                 return Probe(None, key)
             exact = self._by_key.get((scope, key)) if key else None  # "???" and "!!!" are not one question
             if exact is not None:
@@ -252,7 +251,6 @@ class SemanticCache:
                 self._index.clear()
             self._entries.clear()
             self._by_key.clear()
-            self._by_scope.clear()
             self._ages.clear()
 
     def __len__(self) -> int:
@@ -390,7 +388,6 @@ class SemanticCache:
         self._index.add(entry.scope, [entry.id], vector)
         self._entries[entry.id] = entry
         self._by_key[(entry.scope, entry.key)] = entry.id
-        self._by_scope.setdefault(entry.scope, set()).add(entry.id)
         if self.ttl is not None:
             self._ages.append((entry.created_at, entry.id))
 
@@ -402,11 +399,6 @@ class SemanticCache:
                 continue
             removed.append(entry_id)
             self._by_key.pop((entry.scope, entry.key), None)
-            scope_ids = self._by_scope.get(entry.scope)
-            if scope_ids is not None:
-                scope_ids.discard(entry_id)
-                if not scope_ids:
-                    del self._by_scope[entry.scope]
         if removed and self._index is not None:
             self._index.remove(removed)
 
@@ -443,7 +435,6 @@ class SemanticCache:
                 )
                 self._entries[entry.id] = entry
                 self._by_key[(entry.scope, entry.key)] = entry.id
-                self._by_scope.setdefault(entry.scope, set()).add(entry.id)
             rows_of: dict[str, list[int]] = {}
             for row, entry_id in enumerate(ids.tolist()):
                 rows_of.setdefault(self._entries[entry_id].scope, []).append(row)
