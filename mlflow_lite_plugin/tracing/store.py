@@ -72,6 +72,28 @@ def open_store(uri: str) -> None:
         _opened_stores.add(uri)
 
 
+def experiment_named(name: str) -> str:
+    """The id of the experiment ``name`` in the current tracking store, created if missing.
+
+    Another thread, process or replica may create it between the lookup and the creation (MLflow
+    then raises a unique-constraint error): the one it created is found and used.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except MlflowException:
+        created = client.get_experiment_by_name(name)
+        if created is None:  # it was not that: the creation failed for another reason
+            raise
+        return str(created.experiment_id)
+
+
 @contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """An exclusive lock on ``<database>.lock`` for a sqlite file store; nothing for other stores

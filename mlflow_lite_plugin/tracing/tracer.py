@@ -28,7 +28,7 @@ from typing import Any
 
 from mlflow_lite_plugin.security import credentials
 from mlflow_lite_plugin.tracing import schema
-from mlflow_lite_plugin.tracing.store import FLUSH_TIMEOUT, open_store, safely
+from mlflow_lite_plugin.tracing.store import FLUSH_TIMEOUT, experiment_named, open_store, safely
 from mlflow_lite_plugin.tracing.writers import CallerLinks, QueueWriter, ThreadWriter
 
 _logger = logging.getLogger(__name__)
@@ -415,6 +415,7 @@ class Tracer:
         self.enabled = enabled
         self.experiment = experiment
         self._experiment_ids: dict[tuple[str, str], str] = {}
+        self._naming = threading.Lock()
         self._writer: QueueWriter = _writer(export_mode(export))
 
     @property
@@ -454,12 +455,14 @@ class Tracer:
         import mlflow
 
         key = (mlflow.get_tracking_uri(), self.experiment)
-        if key not in self._experiment_ids:
-            open_store(key[0])  # not first on a fresh store next to an exporter creating its schema
-            client = mlflow.MlflowClient()
-            found = client.get_experiment_by_name(self.experiment)
-            self._experiment_ids[key] = found.experiment_id if found else client.create_experiment(self.experiment)
-        return self._experiment_ids[key]
+        found = self._experiment_ids.get(key)
+        if found is None:
+            with self._naming:  # the calls' threads and the writer's ask at once on a fresh store
+                found = self._experiment_ids.get(key)
+                if found is None:
+                    open_store(key[0])  # not first on a fresh store next to an exporter creating its schema
+                    found = self._experiment_ids[key] = experiment_named(self.experiment)
+        return found
 
 
 def _writer(mode: str) -> QueueWriter:

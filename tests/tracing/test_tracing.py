@@ -232,6 +232,54 @@ def test_unreachable_tracking_store_never_fails_a_call():
     assert "WARNING" in result.stderr or "Failed" in result.stderr or "Could not" in result.stderr
 
 
+def test_an_experiment_created_meanwhile_by_another_writer_is_used(monkeypatch):
+    """Another thread, process or replica creates the experiment between our lookup and our
+    creation: MLflow's unique-constraint error is not a tracing failure, the other's id is used."""
+    from mlflow_lite_plugin.tracing.tracer import Tracer
+
+    name = f"raced-{uuid.uuid4().hex[:8]}"
+    theirs = mlflow.create_experiment(name)
+    lookup = mlflow.MlflowClient.get_experiment_by_name
+    first = [True]
+
+    def stale_once(self, experiment_name):  # the lookup ran before the other writer's creation
+        if first[0]:
+            first[0] = False
+            return None
+        return lookup(self, experiment_name)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", stale_once)
+    assert Tracer(experiment=name).experiment_id() == theirs
+
+
+def test_threads_asking_for_a_new_experiment_at_once_share_one(monkeypatch):
+    from mlflow_lite_plugin.tracing.tracer import Tracer
+
+    tracer = Tracer(experiment=f"fresh-{uuid.uuid4().hex[:8]}")
+    created = []
+    create = mlflow.MlflowClient.create_experiment
+
+    def counted(self, *args, **kwargs):
+        created.append(args)
+        return create(self, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "create_experiment", counted)
+    barrier = threading.Barrier(8)
+    ids: list[str | None] = []
+
+    def ask() -> None:
+        barrier.wait()
+        ids.append(tracer.experiment_id())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 8 and len(set(ids)) == 1 and ids[0] is not None
+    assert len(created) == 1
+
+
 def test_follows_mlflow_set_experiment(client, stub, openai_kw):
     """No ml.set_experiment: traces go where mlflow.set_experiment points, from the writer thread too."""
     name = f"mlflow-set-{uuid.uuid4().hex[:8]}"

@@ -11,6 +11,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import Response
 
 from mlflow_lite_plugin.apps.ui.safety import Scrubber, redact, secret_values
+from mlflow_lite_plugin.tracing.store import experiment_named
 
 if TYPE_CHECKING:
     from mlflow_lite_plugin.client import Client
@@ -44,21 +45,7 @@ class UIState:
         """The experiment's id, created if missing (as the client's tracer would)."""
         with self._lock:
             if self._experiment_id is None:
-                import mlflow
-                from mlflow.exceptions import MlflowException
-
-                store = mlflow.MlflowClient()
-                found = store.get_experiment_by_name(self.experiment)
-                if found is None:
-                    try:
-                        self._experiment_id = store.create_experiment(self.experiment)
-                    except MlflowException:  # the trace writer created it first
-                        created = store.get_experiment_by_name(self.experiment)
-                        if created is None:  # it was not that: the creation failed for another reason
-                            raise
-                        self._experiment_id = created.experiment_id
-                else:
-                    self._experiment_id = found.experiment_id
+                self._experiment_id = experiment_named(self.experiment)
             return self._experiment_id
 
     def dumps(self, payload: Any) -> str:
