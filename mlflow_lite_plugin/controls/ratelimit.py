@@ -254,6 +254,8 @@ class RateLimitStage(Stage):
 
     async def areserve(self, call: Call) -> tuple[Costs, float]:
         """:meth:`reserve` with the schedule's async twin."""
+        if any(limit.tokens_per_minute and limit.applies(call) for limit in self.limits):
+            await call.pricing.aload_tokenizers(call.models[:1])
         costs = self.costs(call)
         if not costs:
             return [], 0.0

@@ -61,11 +61,23 @@ def _rate_applies(key: str, tokens: int, service_tier: str | None, cache_writes:
     return audio or "audio" not in key
 
 
+@dataclass
+class _Listed:
+    """A model's entry in LiteLLM's price map, as of the map's ``generation``."""
+
+    generation: int | None
+    price: Price | None
+    rates: dict[str, float] | None = None  # its conditional per-token rates, read when first needed
+
+
+_loaded_tokenizers: set[str] = set()  # models counted with in this process (see aload_tokenizers)
+
+
 class Pricing:
     def __init__(self) -> None:
         self._overrides: dict[str, Price] = {}
         self._unknown: set[str] = set()
-        self._rates: dict[str, dict[str, float]] = {}  # a model's conditional per-token rates
+        self._listings: dict[str, _Listed] = {}  # LiteLLM's price map, per model (see _listed)
         self._lock = threading.Lock()
 
     def set_price(self, model: ModelRef, input_per_million: float, output_per_million: float) -> None:
@@ -86,15 +98,30 @@ class Pricing:
             return override
         if model.provider == OFFLINE_PROVIDER:
             return FREE
+        price = self._listed(model).price
+        if price is None:
+            self._warn_unknown(model)
+        return price
+
+    def _listed(self, model: ModelRef) -> _Listed:
+        """What LiteLLM's price map says of ``model``, remembered until the map changes: resolving
+        a model in it costs ~1 ms, several times per call. LiteLLM counts its map's changes
+        (``register_model`` and the like) in ``litellm.utils._model_cost_mutation_generation``;
+        a LiteLLM without that counter is asked every time."""
         litellm = litellm_module()
+        generation = getattr(getattr(litellm, "utils", None), "_model_cost_mutation_generation", None)
+        known = self._listings.get(model.name)
+        if known is not None and generation is not None and known.generation == generation:
+            return known
         try:
             input_cost, output_cost = litellm.cost_per_token(model=model.name, prompt_tokens=1, completion_tokens=1)
+            price: Price | None = Price(float(input_cost), float(output_cost))
         except Exception:
-            if model.provider in LOCAL_PROVIDERS:
-                return FREE
-            self._warn_unknown(model)
-            return None
-        return Price(float(input_cost), float(output_cost))
+            price = FREE if model.provider in LOCAL_PROVIDERS else None
+        listed = _Listed(generation, price)
+        if generation is not None:
+            self._listings[model.name] = listed
+        return listed
 
     def highest_price(
         self, model: ModelRef, *, tokens: int = 0, service_tier: str | None = None, cache_writes: bool = False,
@@ -110,13 +137,14 @@ class Pricing:
         price = self.price(model)
         if price is None or price is FREE or model.name in self._overrides or model.requested in self._overrides:
             return price
-        rates = self._rates.get(model.name)
+        listed = self._listed(model)
+        rates = listed.rates
         if rates is None:
             try:
                 info = litellm_module().get_model_info(model=model.name) or {}
             except Exception:
                 info = {}
-            rates = self._rates[model.name] = {
+            rates = listed.rates = {
                 key: float(value)
                 for key, value in info.items()
                 if isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -140,8 +168,14 @@ class Pricing:
         total = price.cost(prompt_tokens, completion_tokens)
         overridden = model.name in self._overrides or model.requested in self._overrides
         if raw is not None and price is not FREE and not overridden:
-            with contextlib.suppress(Exception):  # LiteLLM cannot price it: the per-token price is close enough
-                total = float(litellm_module().completion_cost(completion_response=raw, model=model.name))
+            # LiteLLM priced the response as it returned it (its hidden response_cost); asking it
+            # again costs ~2 ms a call. When it could not, the per-token price is close enough.
+            priced = getattr(raw, "_hidden_params", None) or {}
+            if isinstance(priced.get("response_cost"), (int, float)):
+                total = float(priced["response_cost"])
+            else:
+                with contextlib.suppress(Exception):
+                    total = float(litellm_module().completion_cost(completion_response=raw, model=model.name))
         input_cost = prompt_tokens * price.input
         return {"input_cost": input_cost, "output_cost": total - input_cost, "total_cost": total}
 
@@ -161,6 +195,17 @@ class Pricing:
         messages, images = split_images(list(text))
         tokens = int(litellm.token_counter(model=model.name, messages=messages))
         return tokens + sum(url_tokens(url, model.provider) for url in images)
+
+    async def aload_tokenizers(self, models: Sequence[ModelRef]) -> None:
+        """Load the tokenizers of ``models`` off the event loop, once per process: the first count
+        with a model's tokenizer reads its vocabulary (tiktoken's o200k: ~0.3 s), which would stall
+        every other task. After that, counting is cheap enough to stay on the loop."""
+        for model in models:
+            if model.name not in _loaded_tokenizers:
+                from mlflow_lite_plugin.core.offload import offload
+
+                await offload(self.count_tokens, model, "")
+                _loaded_tokenizers.add(model.name)
 
     def _warn_unknown(self, model: ModelRef) -> None:
         with self._lock:

@@ -48,10 +48,8 @@ class CallerLinks(NamedTuple):
         if fluent is None:
             return cls()  # mlflow not imported yet: no run, no active model, no pyfunc predict
         try:  # MLflow's own rules (tracing/processor/base_mlflow.py): latest run of any thread
-            from mlflow.tracing.utils import maybe_get_logged_model_id
-
             run = fluent._get_latest_active_run()
-            model_id = fluent._get_active_model_id_global() or maybe_get_logged_model_id()
+            model_id = fluent._get_active_model_id_global() or _predicting_model_id()
         except Exception as exc:  # private helpers: a future MLflow may move them
             _logger.debug("Could not read the active run and model: %s", exc)
             return cls()
@@ -74,6 +72,17 @@ class CallerLinks(NamedTuple):
                     metadata[key] = value
                 else:
                     metadata.pop(key, None)
+
+
+def _predicting_model_id() -> str | None:
+    """The LoggedModel of the pyfunc prediction this call is part of, if any. A prediction has
+    imported MLflow's prediction context; when nothing has, none is active, and importing it (all
+    of ``mlflow.pyfunc``, ~0.5 s) from a call would stall its event loop."""
+    if "mlflow.pyfunc.context" not in sys.modules:
+        return None
+    from mlflow.tracing.utils import maybe_get_logged_model_id
+
+    return maybe_get_logged_model_id()
 
 
 class QueueWriter:

@@ -100,3 +100,50 @@ def test_async_calls_with_every_control_never_block_the_loop(every_control, capl
     slow = [r.getMessage() for r in caplog.records if "Executing" in r.getMessage()]
     assert slow == [], "\n".join(slow)
     assert client.budget_status()["spent"] > 0  # settled (off the loop)
+
+
+def test_a_models_first_token_count_loads_its_tokenizer_off_the_loop(stub, openai_kw, tmp_path, monkeypatch):
+    """The first count with a model's tokenizer reads its vocabulary (~0.3 s for o200k): on the
+    loop, that stalled every task of the batch. Later counts are cheap and may stay on it."""
+    from mlflow_lite_plugin.core import pricing
+
+    monkeypatch.setattr(pricing, "_loaded_tokenizers", set(), raising=False)  # as in a process that never counted
+    log = ThreadLog(monkeypatch)
+    log.wrap(pricing.Pricing, "count_tokens")
+    client = ml.Client(model="gpt-4o", tracing=False, **openai_kw)
+    client.set_budget(daily_limit=100.0, path=str(tmp_path / "ledger.db"))
+    client.set_rate_limit(tokens_per_minute=10_000_000)
+
+    async def main() -> int:
+        await client.async_batch(QUESTIONS[:3], max_concurrency=3)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert log.runs, "the budget counted no tokens"
+    assert log.runs[0][1] != loop_thread, "the tokenizer was loaded on the event loop"
+    assert "openai/gpt-4o" in pricing._loaded_tokenizers
+
+
+def test_a_traced_call_does_not_import_mlflow_pyfunc_on_the_calling_thread():
+    """A call reads the pyfunc prediction context only if a prediction imported it: importing
+    all of mlflow.pyfunc (~0.5 s) from the first traced call stalled its event loop. (MLflow's
+    own trace export imports it later, on the trace writer's thread.)"""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading\n"
+        "importers = []\n"
+        "sys.addaudithook(lambda event, args: event == 'import' and args[0] == 'mlflow.pyfunc.context'"
+        " and importers.append(threading.current_thread().name))\n"
+        "import mlflow, mlflow_lite_plugin as ml\n"  # MLflow users have it loaded
+        "r = ml.query('hello', model='lite/echo')\n"
+        "ml.flush_traces()\n"
+        "print(r.trace_id is not None, 'MainThread' in importers)\n"
+    )
+    uri = "sqlite:///" + os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pyfunc-import-{os.getpid()}.db")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"], out.stdout + out.stderr

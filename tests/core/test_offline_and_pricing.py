@@ -74,3 +74,34 @@ def test_set_model_price_rejects_bad_values(client):
 def test_set_model_price_one_liner(default_client):
     ml.set_model_price("openai/in-house", input_per_million=2.0, output_per_million=4.0)
     assert ml.estimate_cost(1_000_000, model="openai/in-house") == pytest.approx(2.0)
+
+
+def test_listed_prices_are_read_once_and_follow_litellm_register_model(monkeypatch):
+    """Resolving a model in LiteLLM's price map costs ~1 ms and ran several times per call: it is
+    remembered, until LiteLLM's map changes (``litellm.register_model``)."""
+    import uuid
+
+    from mlflow_lite_plugin.core.model_names import ModelRef, litellm_module
+    from mlflow_lite_plugin.core.pricing import Pricing
+
+    litellm = litellm_module()
+    name = f"openai/priced-{uuid.uuid4().hex[:8]}"
+    litellm.register_model({name: {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6,
+                                   "litellm_provider": "openai", "mode": "chat"}})
+    asked = []
+    lookup = litellm.cost_per_token
+
+    def counted(*args, **kwargs):
+        asked.append(kwargs.get("model"))
+        return lookup(*args, **kwargs)
+
+    monkeypatch.setattr(litellm, "cost_per_token", counted)
+    pricing, model = Pricing(), ModelRef(name, name, "openai")
+    prices = {pricing.price(model) for _ in range(5)}
+    assert [(p.input, p.output) for p in prices] == [(1e-6, 2e-6)]
+    assert pricing.highest_price(model).input == 1e-6
+    assert len(asked) == 1
+    litellm.register_model({name: {"input_cost_per_token": 3e-6, "output_cost_per_token": 4e-6,
+                                   "litellm_provider": "openai", "mode": "chat"}})
+    assert (pricing.price(model).input, pricing.price(model).output) == (3e-6, 4e-6)
+    assert pricing.highest_price(model).output == 4e-6

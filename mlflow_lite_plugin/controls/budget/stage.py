@@ -356,8 +356,10 @@ class BudgetStage(Stage):
         self._hold(call, reservation, scope, periods)
         return None
 
-    # before's asyncio twin, step for step (boilerplate of one shape: only the ledger call awaits)
+    # before's asyncio twin, step for step (boilerplate of one shape: only the tokenizers' first
+    # load and the ledger call await)
     async def abefore(self, call: Call) -> Response | None:
+        await call.pricing.aload_tokenizers(call.models)
         scope, amount, periods = self._request(call)
         buckets = [(scope, p.key, limit) for p, limit in periods]
         try:
