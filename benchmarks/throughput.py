@@ -6,7 +6,8 @@ API key), side by side:
 1. ``batch``: ``async_batch`` of 200 distinct questions at ``max_concurrency=32`` versus raw
    ``litellm.acompletion`` behind an ``asyncio.Semaphore(32)``, in one event loop, in rounds whose
    order rotates (raw, (a), (b), (c), then (a), (b), (c), raw, ...); the median wall of the rounds.
-   (a) tracing on, no controls; (b) tracing + budget (SQLite ledger) + exact cache (SQLite) +
+   (a) tracing on, no controls; (a') the same with ``set_tracing(export="process")`` (informational:
+   the traces are written by the exporter child); (b) tracing + budget (SQLite ledger) + exact cache (SQLite) +
    semantic cache; (c) the same with Redis for the ledger and the exact cache (a private
    ``redis-server`` on a free loopback port). Every call is a miss: the caches are cleared before
    each round and the run checks that they report 0 hits. Then (b)'s client asks the same 200 again:
@@ -356,12 +357,21 @@ def controlled_client(base: str, budget: dict[str, Any], cache: dict[str, Any]) 
     return client
 
 
+def exporting_client(base: str) -> ml.Client:
+    """Tracing through the exporter child process (``set_tracing(export="process")``, for servers):
+    the traces' CPU leaves this process."""
+    client = new_client(base, tracing=True)
+    client.set_tracing(export="process")
+    return client
+
+
 def batch_paths(base: str, redis_url: str | None) -> list[Path]:
     sqlite_budget: dict[str, Any] = {"backend": "sqlite", "path": f"{WORKDIR}/budget.db"}
     sqlite_cache: dict[str, Any] = {"backend": "sqlite", "path": f"{WORKDIR}/cache.db"}
     paths = [
         Path("raw litellm.acompletion + Semaphore", None),
         Path("(a) async_batch, tracing on, no controls", new_client(base, tracing=True), Target(1.05)),
+        Path("(a') the same, export='process'", exporting_client(base)),
         Path("(b) + budget, exact, semantic (SQLite)", controlled_client(base, sqlite_budget, sqlite_cache),
              Target(1.3), STALL_TARGET),
     ]  # fmt: skip
@@ -392,7 +402,7 @@ async def batch_rounds(
     litellm = litellm_module()
     prompts = questions(n)
     paths = batch_paths(base, redis_url)
-    controlled = paths[2]
+    controlled = paths[3]
     hits = Path(f"all exact hits (b's client, the same {n} again)", controlled.client)
     warm = [f"Warm-up {i}: what is {i} times {i + 1}?" for i in range(concurrency)]
     for path in paths:  # loads LiteLLM's async client, the embedding model, FAISS, the stores
