@@ -18,6 +18,7 @@ from typing import Any
 from mlflow_lite_plugin.core.attachments import split_images, url_tokens
 from mlflow_lite_plugin.core.errors import ArgumentError, check_number
 from mlflow_lite_plugin.core.model_names import OFFLINE_PROVIDER, ModelRef, litellm_module
+from mlflow_lite_plugin.core.offload import offload
 
 _logger = logging.getLogger(__name__)
 
@@ -202,8 +203,6 @@ class Pricing:
         every other task. After that, counting is cheap enough to stay on the loop."""
         for model in models:
             if model.name not in _loaded_tokenizers:
-                from mlflow_lite_plugin.core.offload import offload
-
                 await offload(self.count_tokens, model, "")
                 _loaded_tokenizers.add(model.name)
 
